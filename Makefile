@@ -1,0 +1,39 @@
+# Cocktail — one entry point for every routine task. See README.md.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Torch first, pinned: the machine has a local CPU wheel of 2.13.0; an unpinned
+# torch would pull several GB of CUDA packages.
+TORCH := torch==2.13.0
+PYTEST_FLAGS ?= -q -p no:cacheprovider
+
+.PHONY: setup test test-unit test-long lint proto proto-check demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q $(TORCH)
+	$(VPY) -m pip install -q -e '.[serve,dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+test: setup lint
+	$(VPY) -m pytest $(PYTEST_FLAGS) -m "not vllm and not slow and not peers" tests
+
+test-long: setup
+	$(VPY) -m pytest $(PYTEST_FLAGS) -m "slow" tests
+
+demo: setup
+	$(VPY) -m server.demo
+
+bench: setup
+	$(VPY) loadtests/bench_offline.py
+
+clean:
+	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .ruff_cache

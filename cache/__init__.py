@@ -1,0 +1,1 @@
+"""Delta store on disk and in memory, task-weight cache and hot-merge cache."""

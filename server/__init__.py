@@ -1,0 +1,1 @@
+"""The Cocktail gateway: gRPC services, engines, scheduling, metrics and settings."""
