@@ -16,10 +16,11 @@ The function works on one tensor at a time and never touches files::
 one. Parameters arrive already resolved for this tensor (gradients over depth and
 name filters are the config layer's job), so the maths sees plain numbers.
 
-Methods that are linear in the deltas (θ₀ + Σ cᵢ δᵢ) also declare
-``delta_coefficients``; the gateway then applies sparse deltas by scatter-add
-instead of densifying them, and the result is the same tensor up to float
-rounding.
+Methods that are linear in the models also declare ``delta_coefficients``:
+writing model *i*'s tensor as θ₀ + δᵢ (the base itself, when it takes part as
+a model, has δ = 0), the result is s·θ₀ + Σ cᵢ δᵢ and the function returns
+``(s, [c₀, c₁, ...])``. The gateway then applies sparse deltas by scatter-add
+instead of densifying them; the result is the same tensor up to float rounding.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class MergeInputs:
 
 
 MergeFn = Callable[[MergeInputs, Params, Sequence[Params], TensorContext], torch.Tensor]
-CoefficientsFn = Callable[[Params, Sequence[Params]], Sequence[float]]
+CoefficientsFn = Callable[[Params, Sequence[Params]], tuple[float, Sequence[float]]]
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ class MergeMethod:
         min_models / max_models: how many non-base models it accepts.
         offline_only: needs the whole model at once or data (passthrough, fisher, regmean).
         needs_data: consumes per-model statistics computed from example data.
-        delta_coefficients: for methods linear in the deltas, cᵢ such that the
-            result is θ₀ + Σ cᵢ δᵢ; enables the sparse fast path.
+        delta_coefficients: for methods linear in the models, ``(s, [cᵢ])`` such
+            that the result is s·θ₀ + Σ cᵢ δᵢ; enables the sparse fast path.
     """
 
     name: str

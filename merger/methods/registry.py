@@ -1,6 +1,7 @@
 """The registry of merge methods: name -> declared :class:`MergeMethod`.
 
-Methods register themselves by being listed in ``_DECLARED`` below; lookups go
+Each method module calls :func:`register` when imported; ``_MODULES`` lists
+them so that importing the registry makes every method available. Lookups go
 through :func:`get_method`, which answers an unknown name with the closest
 known one.
 """
@@ -36,3 +37,16 @@ def get_method(name: str) -> MergeMethod:
 
 def method_names() -> list[str]:
     return sorted({m.name for m in METHODS.values()})
+
+
+_MODULES = ("linear",)
+
+
+def _load_all() -> None:
+    import importlib
+
+    for mod in _MODULES:
+        importlib.import_module(f"merger.methods.{mod}")
+
+
+_load_all()

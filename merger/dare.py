@@ -1,0 +1,132 @@
+"""DARE and magnitude sparsifiers (Yu et al. 2024, https://arxiv.org/abs/2311.03099).
+
+Notation: δ a delta tensor, d = 1 − p the density (p the drop rate).
+
+- ``random`` (DARE): keep each element with probability d, the mask derived from
+  ``(seed, name)`` by :mod:`merger.hashmask` so it never needs storing; kept
+  values are rescaled by 1/d when ``rescale`` is on (the paper's DARE: then
+  E[δ̃] = δ) and left as they are when off (the paper's "DropOnly" ablation).
+- ``magnitude``: keep the k = ⌊d·n⌋ (at least 1) elements of largest |δ|
+  (TIES' trim step; mergekit's ``magnitude`` sparsifier). ``rescale`` multiplies
+  by 1/d likewise; mergekit instead rescales to the original L1 norm — that is
+  ``rescale="l1"`` here.
+
+These functions are pure maths over tensors. The compressed-delta format
+(:mod:`merger.delta`) and the merge methods build on them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from merger.errors import ConfigError
+from merger.hashmask import random_keep_indices, random_keep_mask
+from merger.sparse import SparseTensor
+
+Strategy = Literal["random", "magnitude"]
+Rescale = bool | Literal["l1"]
+
+
+def check_density(density: float, what: str = "density") -> float:
+    """Return ``density`` as a float in (0, 1] or raise an error that says why."""
+    d = float(density)
+    if d != d or not 0.0 < d <= 1.0:  # NaN or out of range
+        if d == 0.0:
+            raise ConfigError(
+                f"{what} must be in (0, 1]; got 0 (a density of 0 drops the whole delta; "
+                "to leave a model out, give it weight 0 instead)"
+            )
+        raise ConfigError(f"{what} must be in (0, 1]; got {density}")
+    return d
+
+
+def density_from_drop_rate(drop_rate: float) -> float:
+    """d = 1 − p, with p in [0, 1)."""
+    p = float(drop_rate)
+    if p != p or not 0.0 <= p < 1.0:
+        hint = " (a drop rate of 1 removes the whole delta)" if p == 1.0 else ""
+        raise ConfigError(f"drop_rate must be in [0, 1); got {drop_rate}{hint}")
+    return 1.0 - p
+
+
+def magnitude_keep_count(numel: int, density: float) -> int:
+    """Elements kept by the magnitude strategy: ⌊d·n⌋, at least one of a nonempty tensor."""
+    return 0 if numel == 0 else max(1, int(density * numel))
+
+
+def magnitude_keep_indices(x: torch.Tensor, density: float) -> torch.Tensor:
+    """Sorted flat positions of the ⌊d·n⌋ largest |x| (int32 when they fit)."""
+    flat = x.reshape(-1)
+    k = magnitude_keep_count(flat.numel(), check_density(density))
+    if k >= flat.numel():
+        idx = torch.arange(flat.numel(), device=x.device)
+    else:
+        idx = torch.topk(flat.abs().float(), k, sorted=False).indices.sort().values
+    return idx.to(torch.int32) if flat.numel() < 2**31 else idx
+
+
+def _rescaled(
+    kept: torch.Tensor, full: torch.Tensor, density: float, rescale: Rescale
+) -> torch.Tensor:
+    if rescale is True:
+        return kept / density
+    if rescale == "l1":
+        before, after = full.abs().sum(), kept.abs().sum()
+        if before < 1e-7 or after < 1e-7:
+            return kept
+        return kept * (before / after)
+    if rescale is False:
+        return kept
+    raise ConfigError(f"rescale must be true, false or 'l1'; got {rescale!r}")
+
+
+def sparsify(
+    delta: torch.Tensor,
+    density: float,
+    *,
+    strategy: Strategy = "random",
+    rescale: Rescale = True,
+    seed: int = 0,
+    name: str = "",
+) -> SparseTensor:
+    """Sparsify one delta tensor; returns the kept positions and (rescaled) values.
+
+    Values keep ``delta``'s dtype; the rescale is computed in fp32.
+    """
+    d = check_density(density)
+    flat = delta.reshape(-1)
+    if strategy == "random":
+        idx = random_keep_indices(seed, name, flat.numel(), d, device=delta.device)
+    elif strategy == "magnitude":
+        idx = magnitude_keep_indices(flat, d)
+    else:
+        raise ConfigError(
+            f"unknown sparsification strategy {strategy!r}; use 'random' or 'magnitude'"
+        )
+    kept = flat[idx.long()].float()
+    values = _rescaled(kept, flat.float(), d, rescale) if d < 1.0 else kept
+    return SparseTensor(shape=tuple(delta.shape), indices=idx, values=values.to(delta.dtype))
+
+
+def sparsify_dense(
+    delta: torch.Tensor,
+    density: float,
+    *,
+    strategy: Strategy = "random",
+    rescale: Rescale = True,
+    seed: int = 0,
+    name: str = "",
+) -> torch.Tensor:
+    """Like :func:`sparsify` but returns a dense tensor with dropped entries zeroed."""
+    d = check_density(density)
+    if d >= 1.0:
+        return delta
+    if strategy == "random":
+        mask = random_keep_mask(seed, name, delta.numel(), d, device=delta.device).view(delta.shape)
+        kept = delta.float() * mask
+        return _rescaled(kept, delta.float(), d, rescale).to(delta.dtype)
+    return sparsify(delta, d, strategy=strategy, rescale=rescale, seed=seed, name=name).to_dense(
+        delta.dtype
+    )

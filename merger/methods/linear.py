@@ -1,0 +1,90 @@
+"""Linear merge: a weighted average of whole models (model soups; LM-Cocktail ``mix_models``).
+
+Wortsman et al. 2022, "Model soups", https://arxiv.org/abs/2203.05482
+
+    θ = Σᵢ wᵢ θᵢ / Σᵢ wᵢ   (normalize: true, the default)
+    θ = Σᵢ wᵢ θᵢ           (normalize: false)
+
+The base model takes part only as one more input with its own weight (as in
+LM-Cocktail, where the base is usually a candidate). Computed in fp32 (fp64 for
+fp64 inputs) and returned in the first input's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from merger.errors import ConfigError
+from merger.methods.base import (
+    BasePolicy,
+    MergeInputs,
+    MergeMethod,
+    Params,
+    TensorContext,
+)
+from merger.methods.registry import register
+
+
+class LinearParams(Params):
+    normalize: bool = True
+
+
+class LinearModelParams(Params):
+    weight: float = Field(allow_inf_nan=False)
+
+
+def _scale(params: LinearParams, model_params: Sequence[Params]) -> float:
+    total = math.fsum(p.weight for p in model_params)  # type: ignore[attr-defined]
+    if not params.normalize:
+        return 1.0
+    if abs(total) < 1e-12:
+        raise ConfigError(
+            "linear: the weights sum to 0, so normalize: true would divide by 0; "
+            "give weights with a nonzero sum or set normalize: false"
+        )
+    return 1.0 / total
+
+
+def linear(
+    inputs: MergeInputs,
+    params: LinearParams,
+    model_params: Sequence[LinearModelParams],
+    ctx: TensorContext,
+) -> torch.Tensor:
+    first = inputs.tensors[0]
+    if not first.is_floating_point():
+        raise ConfigError(f"linear: tensor {ctx.name!r} is {first.dtype}; it needs floating point")
+    work = torch.float64 if first.dtype == torch.float64 else torch.float32
+    scale = _scale(params, model_params)
+    out = torch.zeros(first.shape, dtype=work, device=first.device)
+    for tensor, p in zip(inputs.tensors, model_params, strict=True):
+        out.add_(tensor.to(work), alpha=p.weight)
+    if scale != 1.0:
+        out.mul_(scale)
+    return out.to(first.dtype)
+
+
+def linear_coefficients(
+    params: LinearParams, model_params: Sequence[LinearModelParams]
+) -> tuple[float, list[float]]:
+    scale = _scale(params, model_params)
+    coeffs = [p.weight * scale for p in model_params]
+    return math.fsum(coeffs), coeffs
+
+
+LINEAR = register(
+    MergeMethod(
+        name="linear",
+        paper="https://arxiv.org/abs/2203.05482",
+        formula="θ = Σ wᵢ θᵢ / Σ wᵢ  (without the division when normalize: false)",
+        params=LinearParams,
+        model_params=LinearModelParams,
+        fn=linear,  # type: ignore[arg-type]
+        base=BasePolicy.OPTIONAL,
+        delta_coefficients=linear_coefficients,  # type: ignore[arg-type]
+    )
+)
