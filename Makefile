@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: setup test test-unit test-long lint proto proto-check demo bench clean
+.PHONY: setup test test-long lint proto proto-check demo bench clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,13 @@ lint: setup
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
 
-test: setup lint
+proto: setup
+	$(VPY) proto/generate.py
+
+proto-check: setup
+	$(VPY) proto/generate.py --check
+
+test: setup lint proto-check
 	$(VPY) -m pytest $(PYTEST_FLAGS) -m "not vllm and not slow and not peers" tests
 
 test-long: setup

@@ -1,0 +1,147 @@
+"""Materializing a merge from a resident base and sparse deltas, one tensor at a time.
+
+The gateway's engines (the torch engine, and the vLLM worker extension) hold
+the base tensors θ₀ and each variant's :class:`~merger.sparse.SparseTensor`
+delta δᵢ. A merge is a method of the registry, a weight per member and the
+method's parameters; member ``"base"`` stands for the base model itself (δ = 0).
+
+:class:`MergePlan` validates all that once per merge; :meth:`MergePlan.tensor`
+then computes one merged tensor. Methods linear in the models (linear, task
+arithmetic) take the sparse fast path, s·θ₀ + Σ cᵢ δᵢ by scatter-add; every
+other method gets dense inputs θ₀ + δᵢ and runs its registered function, so the
+result equals an offline merge of the same variants.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from merger.errors import ConfigError
+from merger.methods import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext, get_method
+from merger.sparse import SparseTensor
+
+BASE = "base"
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def layer_of(name: str) -> int | None:
+    """Decoder layer index in a tensor name such as ``model.layers.3.mlp.up_proj.weight``."""
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """A validated merge: method, members (in order), resolved parameters."""
+
+    method: MergeMethod
+    members: tuple[str, ...]
+    params: Params
+    model_params: tuple[Params, ...]
+    seed: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        method: str,
+        weights: Mapping[str, float],
+        params: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> MergePlan:
+        """Validate a merge request.
+
+        ``params`` may mix shared parameters (``lambda``, ``normalize``, ``t``...) and
+        per-model defaults (``density``...); each goes to the parameter model that
+        declares it, and a key neither declares is an error naming both lists.
+        """
+        m = get_method(method)
+        if m.offline_only:
+            raise ConfigError(
+                f"merge method {m.name!r} runs offline only (cocktail merge); use one of the "
+                "serving methods, e.g. linear, task_arithmetic, ties, dare_ties, slerp"
+            )
+        members = dict(weights)
+        if m.base is BasePolicy.REQUIRED:
+            members.pop(BASE, None)  # the base is implicit; its δ would be 0
+        if not members:
+            raise ConfigError(f"merge method {m.name!r} needs at least one variant with a weight")
+        shared_fields = set(m.params.model_fields)
+        model_fields = set(m.model_params.model_fields) - {"weight"}
+        shared: dict[str, Any] = {}
+        per_model: dict[str, Any] = {}
+        for key, value in (params or {}).items():
+            k = "lambda" if key == "lambda_" else key
+            if k in shared_fields:
+                shared[k] = value
+            elif k in model_fields:
+                per_model[k] = value
+            else:
+                known = sorted(shared_fields | model_fields)
+                raise ConfigError(
+                    f"merge method {m.name!r} has no parameter {key!r}; it takes: "
+                    f"{', '.join(known) or 'no parameters besides weights'}"
+                )
+        names = tuple(sorted(members))
+        m.check_model_count(len(names), has_base=True)
+        model_params = tuple(
+            m.make_model_params({"weight": members[n], **per_model}, f"variant {n!r}")
+            for n in names
+        )
+        return cls(
+            method=m,
+            members=names,
+            params=m.make_params(shared),
+            model_params=model_params,
+            seed=seed,
+        )
+
+    @property
+    def sparse_fast_path(self) -> bool:
+        return self.method.delta_coefficients is not None
+
+    def tensor(
+        self,
+        name: str,
+        base: torch.Tensor,
+        deltas: Sequence[SparseTensor | None],
+        *,
+        num_layers: int | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The merged tensor ``name``; ``deltas[i]`` belongs to ``members[i]`` (None: δ = 0).
+
+        Writes into ``out`` when given (same shape and dtype as ``base``) and returns it.
+        """
+        if len(deltas) != len(self.members):
+            raise ConfigError(f"{len(deltas)} deltas for {len(self.members)} merge members")
+        if out is None:
+            out = torch.empty_like(base)
+        if not base.is_floating_point():
+            return out.copy_(base)
+        if self.method.delta_coefficients is not None:
+            scale, coeffs = self.method.delta_coefficients(self.params, self.model_params)
+            if scale == 1.0:
+                out.copy_(base)
+            else:
+                torch.mul(base, scale, out=out)
+            for delta, c in zip(deltas, coeffs, strict=True):
+                if delta is not None and c != 0.0:
+                    delta.add_into(out, c)
+            return out
+        work = base.float()
+        tensors = []
+        for delta in deltas:
+            t = work.clone()
+            if delta is not None:
+                delta.add_into(t, 1.0)
+            tensors.append(t.to(base.dtype))
+        ctx = TensorContext(name=name, layer=layer_of(name), num_layers=num_layers, seed=self.seed)
+        merged = self.method.fn(
+            MergeInputs(tensors=tensors, base=base), self.params, self.model_params, ctx
+        )
+        return out.copy_(merged)

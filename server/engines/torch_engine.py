@@ -1,0 +1,328 @@
+"""The embedded engine: a transformers model in this process, on a CPU or a GPU.
+
+Memory layout: the live model's parameters, a pristine copy of the base
+(θ₀), every registered delta as :class:`~merger.sparse.SparseTensor` per
+tensor, and the hot-merge cache (materialized merges, within a byte budget).
+A merge is materialized into the live parameters in place:
+
+- already live: nothing to do;
+- in the hot-merge cache: one copy per tensor;
+- otherwise: :class:`~merger.materialize.MergePlan` per tensor (θ₀ copied, then
+  the sparse deltas scatter-added, or the method's dense function), then the
+  result is cached if it fits the budget.
+
+All torch work runs on one dedicated thread, so the asyncio loop stays
+responsive and no two torch calls race on the weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from cache.resident import load_resident_delta
+from merger.cocktail.losses import decoder_loss
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cache.keys import BASE, Candidate, MergeKey
+from cache.lru import LRUCache
+from merger.errors import ConfigError, NotFoundError
+from merger.io import Checkpoint, fingerprint
+from merger.materialize import MergePlan
+from merger.sparse import SparseTensor
+from server import metrics
+from server.engines.base import (
+    Engine,
+    EngineStats,
+    Finished,
+    GenerationRequest,
+    Sampling,
+    SwapResult,
+)
+from server.engines.decode import Decoder, RowState
+
+log = logging.getLogger(__name__)
+
+_WARMUP = Sampling(max_tokens=2)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+class TorchEngine(Engine):
+    kind = "torch"
+    concurrent_batches = False
+
+    def __init__(
+        self,
+        base_model: Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        merge_cache_bytes: int = 2 * 1024**3,
+        threads: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.base_path = Path(base_model)
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, device)
+        self.threads = threads
+        self.seed = seed
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-engine")
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._decoder: Decoder | None = None
+        self._params: dict[str, torch.Tensor] = {}
+        self._base: dict[str, torch.Tensor] = {}
+        self._deltas: dict[str, dict[str, SparseTensor]] = {}
+        self._delta_bytes: dict[str, int] = {}
+        self._fingerprint = ""
+        self._num_layers: int | None = None
+        self._live: MergeKey | None = None  # None: the base (or unknown after scoring)
+        self._live_is_base = False
+        self._ready = False
+        self.swaps = 0
+        self._merges: LRUCache[MergeKey, dict[str, torch.Tensor]] = LRUCache(
+            capacity_bytes=merge_cache_bytes,
+            weigh=lambda tensors: sum(t.numel() * t.element_size() for t in tensors.values()),
+            listener=metrics.PrometheusCacheListener("merges"),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        await self._run(self._load)
+        self._ready = True
+
+    def _load(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        ckpt = Checkpoint(self.base_path)
+        self._fingerprint = fingerprint(ckpt)
+        ckpt.close()
+        self._tokenizer = AutoTokenizer.from_pretrained(self.base_path)
+        model = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=self.dtype)
+        model.to(self.device).eval()
+        self._model = model
+        self._num_layers = getattr(model.config, "num_hidden_layers", None)
+        # named_parameters() lists a tied weight once, under its first name.
+        self._params = {n: p.data for n, p in model.named_parameters()}
+        self._base = {n: t.detach().clone() for n, t in self._params.items()}
+        self._live_is_base = True
+        self._decoder = Decoder(model, self._tokenizer)
+        # Warm-up: one tiny forward so the first request does not pay for lazy init.
+        self._decoder.run(
+            [self._decoder.encode("warm up")],
+            [_WARMUP],
+            lambda i, t: None,
+            lambda i, r: None,
+            lambda i: False,
+        )
+        log.info(
+            "torch engine ready: %s on %s (%s), %d tensors, fingerprint %s",
+            self.base_path,
+            self.device,
+            self.dtype,
+            len(self._params),
+            self._fingerprint,
+        )
+
+    async def stop(self) -> None:
+        self._ready = False
+        self._executor.shutdown(wait=True, cancel_futures=False)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self._fingerprint
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    # -- deltas ------------------------------------------------------------------
+    async def add_delta(self, name: str, path: Path) -> int:
+        tensors = await self._run(self._load_delta, path)
+        self._deltas[name] = tensors
+        self._delta_bytes[name] = sum(t.nbytes for t in tensors.values())
+        self._forget_merges_using(name)
+        metrics.DELTA_RESIDENT_BYTES.set(sum(self._delta_bytes.values()))
+        return self._delta_bytes[name]
+
+    def _load_delta(self, path: Path) -> dict[str, SparseTensor]:
+        tensors = load_resident_delta(path, self.device)
+        unknown = sorted(set(tensors) - set(self._params))
+        if unknown:
+            raise ConfigError(f"delta {path} has tensors the base model lacks: {unknown[:5]}")
+        return tensors
+
+    async def remove_delta(self, name: str) -> None:
+        self._deltas.pop(name, None)
+        self._delta_bytes.pop(name, None)
+        self._forget_merges_using(name)
+        metrics.DELTA_RESIDENT_BYTES.set(sum(self._delta_bytes.values()))
+
+    def _forget_merges_using(self, name: str) -> None:
+        self._merges.evict_where(lambda key: key.uses(name))
+        if self._live is not None and self._live.uses(name):
+            self._live = None
+            self._live_is_base = False
+
+    def delta_names(self) -> dict[str, int]:
+        return dict(self._delta_bytes)
+
+    # -- merges ------------------------------------------------------------------
+    def _plan(self, merge: MergeKey) -> tuple[MergePlan, list[dict[str, SparseTensor] | None]]:
+        missing = [n for n in merge.names if n != BASE and n not in self._deltas]
+        if missing:
+            raise NotFoundError(f"variant(s) not registered: {', '.join(missing)}")
+        plan = MergePlan.build(merge.method, merge.weights, dict(merge.params), seed=self.seed)
+        deltas = [None if n == BASE else self._deltas[n] for n in plan.members]
+        return plan, deltas
+
+    def _materialize(
+        self, merge: MergeKey, plan: MergePlan, deltas: list[dict[str, SparseTensor] | None]
+    ) -> None:
+        for name, live in self._params.items():
+            plan.tensor(
+                name,
+                self._base[name],
+                [None if d is None else d.get(name) for d in deltas],
+                num_layers=self._num_layers,
+                out=live,
+            )
+
+    def _apply_sync(self, merge: MergeKey, cache: bool = True) -> SwapResult:
+        if self._live == merge:
+            return SwapResult(seconds=0.0, cache_hit=True, changed=False)
+        t0 = time.perf_counter()
+        if merge.is_base:
+            if not self._live_is_base:
+                for name, live in self._params.items():
+                    live.copy_(self._base[name])
+            source, hit = "cache", True
+            self._live_is_base = True
+        else:
+            cached = self._merges.get(merge) if cache else None
+            if cached is not None:
+                for name, live in self._params.items():
+                    live.copy_(cached[name])
+                source, hit = "cache", True
+            else:
+                plan, deltas = self._plan(merge)
+                self._materialize(merge, plan, deltas)
+                source, hit = "compute", False
+                if cache and self._merges.fits(self._state_bytes()):
+                    self._merges.put(merge, {n: t.clone() for n, t in self._params.items()})
+            self._live_is_base = False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self._live = merge
+        self.swaps += 1
+        metrics.SWAPS.inc()
+        metrics.SWAP_SECONDS.labels(source).observe(seconds)
+        return SwapResult(seconds=seconds, cache_hit=hit, changed=True)
+
+    def _state_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._params.values())
+
+    async def apply(self, merge: MergeKey) -> SwapResult:
+        return await self._run(self._apply_sync, merge)
+
+    def pin(self, merge: MergeKey) -> None:
+        self._merges.pin(merge)
+
+    def unpin(self, merge: MergeKey) -> None:
+        self._merges.unpin(merge)
+
+    def evict_merges(self) -> int:
+        return self._merges.clear()
+
+    # -- scoring -----------------------------------------------------------------
+    async def score(
+        self,
+        tasks: Sequence[Sequence[tuple[str, str]]],
+        candidates: Sequence[str],
+        max_tokens: int,
+    ) -> list[dict[str, float]]:
+        return await self._run(self._score_sync, tasks, candidates, max_tokens)
+
+    def _score_sync(
+        self, tasks: Sequence[Sequence[tuple[str, str]]], candidates: Sequence[str], max_tokens: int
+    ) -> list[dict[str, float]]:
+        results: list[dict[str, float]] = [{} for _ in tasks]
+        # Score the live candidate first: it needs no swap.
+        order = sorted(
+            candidates,
+            key=lambda c: 0 if self._live is not None and self._live.weights == {c: 1.0} else 1,
+        )
+        for cand in order:
+            key = MergeKey.build("linear", {Candidate(cand): 1.0})
+            self._apply_sync(key, cache=False)
+            for i, examples in enumerate(tasks):
+                data = [{"input": a, "output": b} for a, b in examples]
+                results[i][cand] = decoder_loss(
+                    self._model,
+                    self._tokenizer,
+                    data,
+                    mode="per_example",
+                    max_input_length=max_tokens,
+                )
+        return results
+
+    # -- generation --------------------------------------------------------------
+    async def generate(self, requests: Sequence[GenerationRequest]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def emit(i: int, text: str) -> None:
+            if text:
+                loop.call_soon_threadsafe(requests[i].out.put_nowait, text)
+
+        def finish(i: int, row: RowState) -> None:
+            done = Finished(
+                prompt_tokens=len(row.prompt_ids),
+                completion_tokens=len(row.generated),
+                finish_reason=row.finish_reason,
+            )
+            loop.call_soon_threadsafe(requests[i].out.put_nowait, done)
+
+        def run() -> None:
+            if self._decoder is None:
+                raise RuntimeError("the torch engine is not started")
+            prompts = [self._decoder.encode(r.prompt) for r in requests]
+            self._decoder.run(
+                prompts,
+                [r.sampling for r in requests],
+                emit,
+                finish,
+                lambda i: requests[i].cancelled,
+            )
+
+        await self._run(run)
+
+    # -- stats -------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            kind=self.kind,
+            live_merge="" if self._live is None or self._live_is_base else str(self._live),
+            resident_delta_bytes=sum(self._delta_bytes.values()),
+            deltas=len(self._deltas),
+            merges=self._merges.snapshot(),
+            swaps=self.swaps,
+        )

@@ -1,0 +1,176 @@
+"""Server interceptors: request ids, status mapping, metrics, Admin authentication.
+
+:class:`ServiceInterceptor` wraps every handler of a server. It gives each call
+a request id (from the ``x-request-id`` metadata or a new one) that every log
+line of the call carries, maps typed errors to gRPC statuses by type (unknown
+exceptions become INTERNAL and are logged with the request id and traceback;
+the client sees only the id), and records ``cocktail_requests_total`` and the
+latency histogram. With ``auth`` set it also authenticates every call
+(the Admin server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from server import metrics
+from server.errors import Unauthenticated, status_of
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every log record (``-`` outside a call)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+class AdminAuth:
+    """Bearer token (constant-time compare) or a verified mTLS client certificate."""
+
+    def __init__(self, token: str | None, mtls: bool) -> None:
+        self._token = token.encode() if token else None
+        self._mtls = mtls
+        if not token and not mtls:
+            log.warning(
+                "Admin has no credentials configured (admin_token_file or admin_client_ca_file): "
+                "every Admin call will be refused"
+            )
+
+    def check(self, context: grpc.aio.ServicerContext) -> None:
+        if self._mtls and context.peer_identities():
+            return  # the TLS layer verified the client certificate against our CA
+        if self._token is None:
+            raise Unauthenticated(
+                "the Admin service has no credentials configured; set admin_token_file "
+                "(or admin_client_ca_file for mTLS) on the server"
+            )
+        header = _metadata(context).get("authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        if scheme.lower() != "bearer" or not supplied:
+            raise Unauthenticated(
+                "missing credentials: send metadata 'authorization: Bearer <token>'"
+            )
+        if not hmac.compare_digest(supplied.strip().encode(), self._token):
+            raise Unauthenticated("invalid bearer token for the Admin service")
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, auth: AdminAuth | None = None) -> None:
+        self._auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        service, _, rpc = details.method.rpartition("/")
+        if not service.startswith("/cocktail."):
+            return handler  # health, reflection: untouched
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(rpc, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(rpc, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _begin(self, context: grpc.aio.ServicerContext) -> contextvars.Token[str]:
+        rid = _metadata(context).get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
+        token = REQUEST_ID.set(rid)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        return token
+
+    async def _fail(self, rpc: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        code = status_of(exc)
+        if code is None:
+            log.exception("internal error in %s", rpc, exc_info=exc)
+            code, message = (
+                grpc.StatusCode.INTERNAL,
+                f"internal error (request id {REQUEST_ID.get()})",
+            )
+        else:
+            message = str(exc)
+            log.info("%s -> %s: %s", rpc, code.name, message)
+        metrics.REQUESTS.labels(rpc, code.name).inc()
+        await context.abort(code, message)
+
+    def _wrap_unary(
+        self, rpc: str, inner: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            t0 = time.perf_counter()
+            token = None
+            try:
+                token = self._begin(context)
+                if self._auth is not None:
+                    self._auth.check(context)
+                response = await inner(request, context)
+                metrics.REQUESTS.labels(rpc, "OK").inc()
+                return response
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                metrics.REQUESTS.labels(rpc, "CANCELLED").inc()
+                raise
+            except Exception as exc:
+                await self._fail(rpc, context, exc)
+            finally:
+                metrics.REQUEST_SECONDS.labels(rpc).observe(time.perf_counter() - t0)
+                if token is not None:
+                    REQUEST_ID.reset(token)
+
+        return wrapper
+
+    def _wrap_stream(
+        self, rpc: str, inner: Callable[..., AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            t0 = time.perf_counter()
+            token = None
+            try:
+                token = self._begin(context)
+                if self._auth is not None:
+                    self._auth.check(context)
+                async for item in inner(request, context):
+                    yield item
+                metrics.REQUESTS.labels(rpc, "OK").inc()
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                metrics.REQUESTS.labels(rpc, "CANCELLED").inc()
+                raise
+            except Exception as exc:
+                await self._fail(rpc, context, exc)
+            finally:
+                metrics.REQUEST_SECONDS.labels(rpc).observe(time.perf_counter() - t0)
+                if token is not None:
+                    REQUEST_ID.reset(token)
+
+        return wrapper

@@ -1,0 +1,223 @@
+"""The variant registry: the delta store on disk, kept in step with the engine.
+
+Registering extracts and compresses a delta (in a worker thread, so serving
+continues), commits it to the store atomically, then loads it into the engine;
+only then does it become a scoring candidate. Removing takes the variant out
+of the candidate set at once, renames it away on disk, waits for queued and
+running requests that use it, then drops it from the engine.
+
+Replicas that share the store converge through :meth:`Registry.sync`, which
+the server runs every ``store_poll_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache.store import DeltaRecord, DeltaStore, check_name, read_record
+from merger.delta import compress_delta
+from merger.errors import ConfigError, IncompatibleError, MergeError
+from server import metrics
+from server.engines.base import Engine
+from server.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegisterOptions:
+    drop_rate: float = 0.0
+    seed: int = 0
+    strategy: str = "random"
+    rescale: bool = True
+    value_dtype: str | None = None
+    description: str = ""
+    replace: bool = False
+
+
+def confine(source: str, roots: tuple[Path, ...]) -> Path:
+    """Resolve ``source`` and check it (and every file in it) lies under an allowed root.
+
+    Symlinks are resolved before the check, so neither ``..`` nor a link can
+    escape; device files, FIFOs and sockets are refused (reading them could
+    block or leak). Relative paths are taken relative to the first root.
+    """
+    if not roots:
+        raise PermissionDenied(
+            "this server allows no registration sources: set allowed_source_roots in its settings"
+        )
+    if not source or "\x00" in source:
+        raise InvalidArgument("source_path is empty or contains a NUL byte; give a folder path")
+    resolved_roots = [r.resolve() for r in roots]
+    path = Path(source)
+    if not path.is_absolute():
+        path = resolved_roots[0] / path
+    real = path.resolve()
+    if not any(real.is_relative_to(r) for r in resolved_roots):
+        raise PermissionDenied(
+            f"source_path {source!r} is outside the allowed roots "
+            f"({', '.join(str(r) for r in roots)}); put the model under one of them"
+        )
+    if not real.exists():
+        raise NotFound(f"source_path {source!r} does not exist")
+    if not real.is_dir():
+        raise InvalidArgument(
+            f"source_path {source!r} is not a folder; give a fine-tuned checkpoint folder or a PEFT LoRA folder"
+        )
+    for entry in real.iterdir():
+        target = entry.resolve()
+        if not any(target.is_relative_to(r) for r in resolved_roots):
+            raise PermissionDenied(f"{entry.name} in source_path links outside the allowed roots")
+        mode = os.stat(target).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise InvalidArgument(
+                f"{entry.name} in source_path is not a regular file (device, FIFO or socket)"
+            )
+    return real
+
+
+class Registry:
+    def __init__(
+        self,
+        store: DeltaStore,
+        engine: Engine,
+        base_path: Path,
+        allowed_roots: tuple[Path, ...],
+        drain_seconds: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.base_path = Path(base_path)
+        self.allowed_roots = allowed_roots
+        self.drain_seconds = drain_seconds
+        self._records: dict[str, DeltaRecord] = {}
+        self._lock = asyncio.Lock()
+        self.generation = 0
+
+    # -- queries -----------------------------------------------------------------
+    def records(self) -> list[DeltaRecord]:
+        return [self._records[n] for n in sorted(self._records)]
+
+    def get(self, name: str) -> DeltaRecord | None:
+        return self._records.get(name)
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self.engine.base_fingerprint
+
+    def _publish(self) -> None:
+        self.generation += 1
+        metrics.REGISTRY_GENERATION.set(self.generation)
+        metrics.DELTAS.set(len(self._records))
+        metrics.DELTA_STORED_BYTES.set(sum(r.stored_bytes for r in self._records.values()))
+        metrics.DELTA_DENSE_BYTES.set(sum(r.dense_bytes for r in self._records.values()))
+
+    # -- startup and replica sync ------------------------------------------------
+    async def load(self) -> None:
+        """Recover the store after a crash and load every committed delta."""
+        async with self._lock:
+            await asyncio.to_thread(self.store.recover)
+            await self._sync_locked()
+
+    async def sync(self) -> bool:
+        """Pick up deltas registered or removed by other replicas; True if anything changed."""
+        async with self._lock:
+            return await self._sync_locked()
+
+    async def _sync_locked(self) -> bool:
+        on_disk = await asyncio.to_thread(self.store.scan)
+        changed = False
+        for name in sorted(set(self._records) - set(on_disk)):
+            self._records.pop(name)
+            await self.engine.remove_delta(name)
+            log.info("delta %s was removed from the store", name)
+            changed = True
+        for name, rec in on_disk.items():
+            current = self._records.get(name)
+            if current is not None and current.delta_id == rec.delta_id:
+                continue
+            if rec.manifest.base.fingerprint != self.engine.base_fingerprint:
+                log.error(
+                    "skipping delta %s: made for base %s, this server holds %s",
+                    name,
+                    rec.manifest.base.fingerprint,
+                    self.engine.base_fingerprint,
+                )
+                continue
+            try:
+                await self.engine.add_delta(name, rec.path)
+            except (MergeError, OSError) as e:
+                log.error("skipping delta %s: %s", name, e)
+                continue
+            self._records[name] = rec
+            log.info("loaded delta %s (%d kept values, %d bytes)", name, rec.nnz, rec.stored_bytes)
+            changed = True
+        if changed:
+            self._publish()
+        return changed
+
+    # -- admin -------------------------------------------------------------------
+    async def register(self, name: str, source_path: str, opts: RegisterOptions) -> DeltaRecord:
+        try:
+            check_name(name)
+        except ConfigError as e:
+            raise InvalidArgument(str(e)) from None
+        source = confine(source_path, self.allowed_roots)
+        async with self._lock:
+            exists = name in self._records or self.store.path_of(name).exists()
+            if exists and not opts.replace:
+                raise AlreadyExists(
+                    f"delta {name!r} is already registered; remove it first or set replace"
+                )
+            target = self.store.replacement_path(name) if exists else self.store.path_of(name)
+            try:
+                await asyncio.to_thread(
+                    compress_delta,
+                    source,
+                    self.base_path,
+                    target,
+                    name=name,
+                    drop_rate=opts.drop_rate,
+                    seed=opts.seed,
+                    strategy=opts.strategy,
+                    rescale=opts.rescale,
+                    value_dtype=opts.value_dtype or "base",
+                    labels={"description": opts.description} if opts.description else {},
+                )
+                if exists:
+                    await asyncio.to_thread(self.store.commit_replacement, name, target)
+                    target = self.store.path_of(name)
+                record = read_record(target)
+                await self.engine.add_delta(name, target)
+            except BaseException:
+                # Nothing acknowledged: leave the store as it was.
+                if not exists and target.exists():
+                    await asyncio.to_thread(self.store.remove, name)
+                raise
+            self._records[name] = record
+            self._publish()
+            log.info("registered delta %s from %s", name, source)
+            return record
+
+    async def remove(self, name: str, in_use: Callable[[str], bool]) -> DeltaRecord:
+        async with self._lock:
+            record = self._records.pop(name, None)
+            if record is None:
+                raise NotFound(f"delta {name!r} is not registered")
+            self._publish()  # no new request picks it from now on
+            try:
+                await asyncio.to_thread(self.store.remove, name)
+            except MergeError as e:
+                raise IncompatibleError(str(e)) from e
+            deadline = asyncio.get_running_loop().time() + self.drain_seconds
+            while in_use(name) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            await self.engine.remove_delta(name)
+            log.info("removed delta %s", name)
+            return record
