@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fixtures.bert import make_bert
 from tests.fixtures.models import make_finetuned, make_llama, make_lora
 
 # Tests are small; one thread avoids oversubscribing a busy 2-core machine.
@@ -40,3 +41,21 @@ def tiny_lora(models_dir: Path, tiny_llama: Path) -> Path:
 def tiny_llama_tied(models_dir: Path) -> Path:
     """Like ``tiny_llama`` but with tied input/output embeddings (as SmolLM2)."""
     return make_llama(models_dir / "base_tied", seed=1, tie=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_berts(models_dir: Path) -> list[Path]:
+    """A tiny BertModel encoder and two seeded "fine-tunes" of it (LM-Cocktail encoder mixing)."""
+    base = make_bert(models_dir / "bert0", seed=10)
+    return [base] + [
+        make_finetuned(base, models_dir / f"bert{i}", seed=110 + i, scale=0.2) for i in (1, 2)
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_rerankers(models_dir: Path) -> list[Path]:
+    """A tiny BertForSequenceClassification (1 label) cross-encoder and two "fine-tunes"."""
+    base = make_bert(models_dir / "reranker0", seed=20, reranker=True)
+    return [base] + [
+        make_finetuned(base, models_dir / f"reranker{i}", seed=120 + i, scale=0.2) for i in (1, 2)
+    ]

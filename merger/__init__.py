@@ -1,0 +1,30 @@
+"""Cocktail's merge core: merge methods, sparse deltas, checkpoint I/O, LM-Cocktail.
+
+The LM-Cocktail drop-in functions are importable from here
+(``from merger import mix_models_with_data``); they are loaded on first use so
+that ``import merger`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "mix_models": "merger.cocktail.mix",
+    "mix_models_with_data": "merger.cocktail.mix",
+    "mix_models_by_layers": "merger.cocktail.mix",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'merger' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
