@@ -43,7 +43,7 @@ from merger.cocktail.examples import DecoderMode, check_examples, check_model_ty
 from merger.cocktail.losses import make_scorer
 from merger.cocktail.models import Binding, bind, load_model, load_tokenizer, open_candidates
 from merger.cocktail.output import check_output, copy_side_files
-from merger.cocktail.weights import check_mix_weights, softmax_weights
+from merger.cocktail.weights import check_mix_weights, check_temperature, softmax_weights
 from merger.io import Checkpoint, ShardedWriter, TensorSpec, resolve_model_dir
 from merger.methods import MergeInputs, TensorContext, get_method
 
@@ -212,7 +212,7 @@ def _score(
 ) -> tuple[list[Checkpoint], PreTrainedModel, Binding, Scores]:
     check_model_type(model_type)
     check_examples(example_data, model_type, neg_number)
-    softmax_weights([0.0], temperature)  # validates the temperature before any loading
+    check_temperature(temperature)
     ckpts = open_candidates(paths)
     tokenizer = load_tokenizer(ckpts[0].path)
     scorer = make_scorer(

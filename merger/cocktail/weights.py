@@ -34,13 +34,7 @@ def softmax_weights(losses: Sequence[float], temperature: float = 5.0) -> list[f
     """
     if not losses:
         raise ConfigError("softmax_weights needs at least one loss; got an empty list")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)):
-        raise ConfigError(f"temperature must be a finite number > 0; got {temperature!r}")
-    if temperature <= 0:
-        raise ConfigError(
-            f"temperature must be > 0; got {temperature} (the weights are softmax(-loss / "
-            "temperature); use a small value such as 0.1 to favour the best model strongly)"
-        )
+    check_temperature(temperature)
     bad = [i for i, x in enumerate(losses) if not math.isfinite(float(x))]
     if bad:
         raise ConfigError(
@@ -53,6 +47,21 @@ def softmax_weights(losses: Sequence[float], temperature: float = 5.0) -> list[f
     exps = [math.exp(z - top) for z in logits]
     total = math.fsum(exps)
     return [e / total for e in exps]
+
+
+def check_temperature(temperature: float) -> None:
+    """Raise a ConfigError unless ``temperature`` is a finite number > 0."""
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+    ):
+        raise ConfigError(f"temperature must be a finite number > 0; got {temperature!r}")
+    if temperature <= 0:
+        raise ConfigError(
+            f"temperature must be > 0; got {temperature} (the weights are softmax(-loss / "
+            "temperature); use a small value such as 0.1 to favour the best model strongly)"
+        )
 
 
 def drop_small_weights(weights: Sequence[float], threshold: float) -> list[float]:

@@ -68,6 +68,9 @@ def test_mix_models_writes_the_weighted_sum_and_returns_the_same_model(
     assert all(torch.equal(state[n], t) for n, t in written.items())
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.json", "generation_config.json", "tokenizer.json"} <= names
+    # without output_path: the same model object, nothing written
+    again = mix_models(folders, "decoder", weights).state_dict()
+    assert all(torch.equal(again[n], t) for n, t in written.items())
 
 
 def make_grid_model(src: Path, dst: Path, seed: int) -> Path:

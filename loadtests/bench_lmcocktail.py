@@ -1,0 +1,211 @@
+"""LM-Cocktail 0.0.4 vs Cocktail: ``mix_models_with_data`` on the same models and examples.
+
+    python loadtests/bench_lmcocktail.py                # builds .venv-peers on first use
+    COCKTAIL_PEERS_PYTHON=/path/to/python python loadtests/bench_lmcocktail.py
+
+Builds N tiny-but-not-trivial Llama models (a seeded base and N−1 "fine-tunes":
+base + Gaussian noise of 5% of each tensor's std), then runs each implementation
+in its own process (LM-Cocktail in the peers venv) on 5 examples with the same
+arguments. Reports the call's wall time (imports excluded; the whole process's
+too), the process's peak RSS (``os.wait4`` rusage of that child), both sets of
+weights and their largest difference (must be ≤ 1e-4), and the largest
+difference between the two merged checkpoints. Prints a Markdown table and
+writes JSON (default ``results/bench_lmcocktail.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "loadtests"))
+
+from peers import ensure_peers  # noqa: E402
+
+DRIVER = ROOT / "loadtests" / "mix_driver.py"
+EXAMPLES = [
+    {"input": "Uppercase: the cat sat on the mat", "output": "THE CAT SAT ON THE MAT"},
+    {"input": "Translate to French: good morning", "output": "bonjour"},
+    {"input": "Digits to words: 4 7 1", "output": "four seven one"},
+    {"input": "Reverse the word: bicycle", "output": "elcycib"},
+    {"input": "Sort the letters: python", "output": "hnopty"},
+]
+
+
+def build_models(folder: Path, n: int, hidden: int, layers: int) -> list[Path]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from merger.demo.tokenizer import build_char_tokenizer
+
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=max(1, hidden // 64),
+        head_dim=32,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in base.parameters():
+            if p.ndim == 2:
+                p.mul_(4.0)
+    tok = build_char_tokenizer()
+    paths = []
+    g = torch.Generator().manual_seed(1)
+    for i in range(n):
+        path = folder / f"model{i}"
+        model = base if i == 0 else LlamaForCausalLM(config)
+        if i > 0:
+            with torch.no_grad():
+                for (_, p), (_, p0) in zip(model.named_parameters(), base.named_parameters()):
+                    noise = torch.randn(p0.shape, generator=g) * (0.05 * float(p0.std()))
+                    p.copy_(p0 + noise)
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        paths.append(path)
+    return paths
+
+
+def run_one(python: Path, impl: str, spec: dict, work: Path, threads: int) -> dict:
+    spec_file, result_file = work / f"{impl}-spec.json", work / f"{impl}-result.json"
+    spec_file.write_text(json.dumps(spec))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    log = open(work / f"{impl}.log", "w")  # noqa: SIM115
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(python), str(DRIVER), impl, str(spec_file), str(result_file)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    total = time.perf_counter() - t0
+    log.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{impl} failed; see {work / (impl + '.log')}")
+    result = json.loads(result_file.read_text())
+    result["process_wall_s"] = total
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024
+    return result
+
+
+def max_tensor_diff(a: Path, b: Path) -> tuple[float, int]:
+    ta, tb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    common = sorted(set(ta) & set(tb))
+    diff = max(float((ta[n].double() - tb[n].double()).abs().max()) for n in common)
+    return diff, len(set(ta) ^ set(tb))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=5.0)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--max-input-length", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per implementation")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "bench_lmcocktail.json")
+    args = parser.parse_args(argv)
+
+    peers_python = ensure_peers()
+    with tempfile.TemporaryDirectory(prefix="bench-lmcocktail-") as tmp:
+        work = Path(tmp)
+        models = build_models(work, args.models, args.hidden, args.layers)
+        runs: dict[str, list[dict]] = {"lmcocktail": [], "cocktail": []}
+        for r in range(args.repeat):
+            for impl, python in (("lmcocktail", peers_python), ("cocktail", Path(sys.executable))):
+                spec = {
+                    "models": [str(m) for m in models],
+                    "examples": EXAMPLES,
+                    "temperature": args.temperature,
+                    "batch_size": args.batch_size,
+                    "max_input_length": args.max_input_length,
+                    "threads": args.threads,
+                    "output": str(work / f"out-{impl}-{r}"),
+                }
+                runs[impl].append(run_one(python, impl, spec, work, args.threads))
+        theta_diff, name_mismatch = max_tensor_diff(
+            work / "out-lmcocktail-0", work / "out-cocktail-0"
+        )
+
+    def summary(impl: str) -> dict:
+        rs = runs[impl]
+        return {
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "wall_s_runs": [r["wall_s"] for r in rs],
+            "process_wall_s": statistics.median(r["process_wall_s"] for r in rs),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+            "rss_after_imports_mib": max(r["rss_before_mib"] for r in rs),
+            "weights": rs[0]["weights"],
+        }
+
+    peer, ours = summary("lmcocktail"), summary("cocktail")
+    weight_diff = max(abs(a - b) for a, b in zip(peer["weights"], ours["weights"]))
+    report = {
+        "setup": {
+            "models": args.models,
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "examples": len(EXAMPLES),
+            "temperature": args.temperature,
+            "batch_size": args.batch_size,
+            "max_input_length": args.max_input_length,
+            "threads": args.threads,
+            "repeat": args.repeat,
+        },
+        "lmcocktail_0_0_4": peer,
+        "cocktail": ours,
+        "speedup": peer["wall_s"] / ours["wall_s"],
+        "max_abs_weight_diff": weight_diff,
+        "max_abs_tensor_diff": theta_diff,
+        "tensor_names_only_in_one": name_mismatch,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+    def fmt_w(ws: list[float]) -> str:
+        return ", ".join(f"{w:.6f}" for w in ws)
+
+    print(
+        f"mix_models_with_data: {args.models} Llama models (hidden {args.hidden}, "
+        f"{args.layers} layers), {len(EXAMPLES)} examples, T={args.temperature}, "
+        f"{args.threads} thread(s), median of {args.repeat}\n"
+    )
+    print("| implementation | call wall (s) | process wall (s) | peak RSS (MiB) | weights |")
+    print("|---|---:|---:|---:|---|")
+    for name, s in (("LM-Cocktail 0.0.4", peer), ("Cocktail", ours)):
+        print(
+            f"| {name} | {s['wall_s']:.2f} | {s['process_wall_s']:.2f} | "
+            f"{s['peak_rss_mib']:.0f} | {fmt_w(s['weights'])} |"
+        )
+    print(
+        f"\nspeedup (call): {report['speedup']:.1f}x; max |Δweight| = {weight_diff:.2e}; "
+        f"max |Δθ| = {theta_diff:.2e}; tensor names only in one output: {name_mismatch}"
+    )
+    print(f"wrote {args.json}")
+    return 0 if weight_diff <= 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
