@@ -24,10 +24,9 @@ from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from merger.cocktail.weights import softmax_weights
-
 from cache.keys import BASE, Candidate, MergeKey, round_weights, task_fingerprint
 from cache.lru import LRUCache
+from merger.cocktail.weights import softmax_weights
 from merger.errors import ConfigError
 from merger.materialize import MergePlan
 from server import metrics

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 from cache.resident import load_resident_delta
-from merger.cocktail.losses import decoder_loss
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cache.keys import BASE, Candidate, MergeKey
 from cache.lru import LRUCache
+from merger.cocktail.losses import decoder_loss
 from merger.errors import ConfigError, NotFoundError
 from merger.io import Checkpoint, fingerprint
 from merger.materialize import MergePlan
