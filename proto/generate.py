@@ -53,15 +53,21 @@ def generate(out: Path) -> None:
 
 
 def same_tree(a: Path, b: Path) -> bool:
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files_a = sorted(
+        p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    files_b = sorted(
+        p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
     if files_a != files_b:
         return False
     return all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if server/pb is stale")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +76,10 @@ def main() -> int:
         generate(fresh)
         if args.check:
             if not OUT_DIR.is_dir() or not same_tree(fresh, OUT_DIR):
-                print("server/pb is stale or missing: run `make proto` and commit the result", file=sys.stderr)
+                print(
+                    "server/pb is stale or missing: run `make proto` and commit the result",
+                    file=sys.stderr,
+                )
                 return 1
             return 0
         if OUT_DIR.exists():

@@ -26,7 +26,7 @@ from typing import Any
 
 from cache.keys import BASE, Candidate, MergeKey, round_weights, task_fingerprint
 from cache.lru import LRUCache
-from merger.cocktail.weights import softmax_weights
+from merger.cocktail.weights import drop_small_weights, softmax_weights
 from merger.errors import ConfigError
 from merger.materialize import MergePlan
 from server import metrics
@@ -250,15 +250,14 @@ class GatewayService:
         return tw, False, seconds
 
     def _weights_from_losses(self, losses: Mapping[str, float]) -> dict[str, float]:
+        """softmax(−loss/T), weights under the threshold dropped, renormalized, rounded."""
         sc = self.settings.scoring
         names = list(losses)
         raw = softmax_weights([losses[n] for n in names], temperature=sc.temperature)
-        kept = {n: w for n, w in zip(names, raw, strict=True) if w >= sc.weight_threshold}
-        if not kept:  # every weight under the threshold: keep the best candidate
-            best = max(range(len(names)), key=lambda i: raw[i])
-            kept = {names[best]: 1.0}
-        total = math.fsum(kept.values())
-        return round_weights({n: w / total for n, w in kept.items()}, sc.weight_decimals)
+        kept = drop_small_weights(raw, sc.weight_threshold)
+        return round_weights(
+            {n: w for n, w in zip(names, kept, strict=True) if w > 0}, sc.weight_decimals
+        )
 
     async def choose_merge(self, cmd: GenerateCommand) -> MergeChoice:
         if cmd.merge is not None:

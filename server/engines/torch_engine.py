@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cache.keys import BASE, Candidate, MergeKey
 from cache.lru import LRUCache
-from merger.cocktail.losses import decoder_loss
+from merger.cocktail.losses import make_scorer
 from merger.errors import ConfigError, NotFoundError
 from merger.io import Checkpoint, fingerprint
 from merger.materialize import MergePlan
@@ -266,24 +266,25 @@ class TorchEngine(Engine):
     def _score_sync(
         self, tasks: Sequence[Sequence[tuple[str, str]]], candidates: Sequence[str], max_tokens: int
     ) -> list[dict[str, float]]:
+        # Tokenize each task once; then one swap per candidate scores every task.
+        scorers = [
+            make_scorer(
+                "decoder",
+                self._tokenizer,
+                [{"input": a, "output": b} for a, b in examples],
+                mode="per_example",
+                batch_size=16,
+                max_input_length=max_tokens,
+            )
+            for examples in tasks
+        ]
         results: list[dict[str, float]] = [{} for _ in tasks]
-        # Score the live candidate first: it needs no swap.
-        order = sorted(
-            candidates,
-            key=lambda c: 0 if self._live is not None and self._live.weights == {c: 1.0} else 1,
-        )
-        for cand in order:
-            key = MergeKey.build("linear", {Candidate(cand): 1.0})
-            self._apply_sync(key, cache=False)
-            for i, examples in enumerate(tasks):
-                data = [{"input": a, "output": b} for a, b in examples]
-                results[i][cand] = decoder_loss(
-                    self._model,
-                    self._tokenizer,
-                    data,
-                    mode="per_example",
-                    max_input_length=max_tokens,
-                )
+        live = self._live.weights if self._live is not None else None
+        # The live candidate first: it needs no swap.
+        for cand in sorted(candidates, key=lambda c: live != {c: 1.0}):
+            self._apply_sync(MergeKey.build("linear", {Candidate(cand): 1.0}), cache=False)
+            for i, scorer in enumerate(scorers):
+                results[i][cand] = scorer.loss(self._model)
         return results
 
     # -- generation --------------------------------------------------------------
