@@ -109,11 +109,17 @@ class DeltaReader:
     def tensor(
         self, name: str, *, verify: bool = True, device: str | torch.device = "cpu"
     ) -> SparseTensor:
-        """One tensor of the delta as a :class:`SparseTensor` (positions regenerated if seeded)."""
-        sp = decode_tensor(
-            self.entry(name), self.arrays(name, verify=verify), self.manifest.sparsifier, name
-        )
-        return sp if torch.device(device).type == "cpu" else sp.to(device)
+        """One tensor of the delta as a :class:`SparseTensor` on ``device``.
+
+        Arrays are moved to ``device`` before decoding, so seeded positions are
+        regenerated there (the hash gives the same bits on every device; on a
+        GPU it is much faster than on one CPU thread, ~30 M elements/s).
+        """
+        arrays = self.arrays(name, verify=verify)
+        if torch.device(device).type != "cpu":
+            arrays = {role: t.to(device) for role, t in arrays.items()}
+        sp = decode_tensor(self.entry(name), arrays, self.manifest.sparsifier, name)
+        return sp if sp.device.type == torch.device(device).type else sp.to(device)
 
     def dense(
         self, name: str, dtype: torch.dtype | None = None, *, verify: bool = True

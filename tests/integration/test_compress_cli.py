@@ -427,3 +427,52 @@ def test_lora_for_another_model_or_pickled_is_refused(
     broken = lora_variant(tiny_lora, tmp_path / "broken", tensors=only_a)
     code, _, err = cli(capsys, "compress", broken, "--base", tiny_llama, tmp_path / "c")
     assert code == 2 and "needs both lora_A and lora_B" in err
+
+
+def test_bf16_base_exact_with_fp32_values_close_with_bf16_values(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    base = make_llama(tmp_path / "base16", seed=0, dtype=torch.bfloat16)
+    ft = make_finetuned(base, tmp_path / "ft16", seed=3)
+    compress(
+        capsys, ft, base, tmp_path / "d32", "--drop-rate", "0", "--value-dtype", "float32", "-q"
+    )
+    compress(capsys, ft, base, tmp_path / "d16", "--drop-rate", "0", "-q")  # default: base dtype
+    assert (
+        DeltaReader(tmp_path / "d16").manifest.tensors["model.norm.weight"].value_dtype
+        == "bfloat16"
+    )
+    b, f = Checkpoint(base), weights(ft)
+    exact = dict(materialize(b, DeltaReader(tmp_path / "d32")))
+    close = dict(materialize(b, DeltaReader(tmp_path / "d16")))
+    for name, want in f.items():
+        assert torch.equal(exact[name], want), name
+        # bf16 values round δ once (≤ 2⁻⁹|δ|), then the sum rounds (≤ 2⁻⁹|θ_ft|).
+        delta = want.float() - b.get(name).float()
+        err = (close[name].float() - want.float()).abs()
+        assert bool((err <= 2**-8 * (delta.abs() + want.float().abs())).all()), name
+
+
+def test_integer_buffers_must_match_and_carry_no_delta(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_llama: Path, tiny_variants: list[Path]
+) -> None:
+    buf = {"model.rotary_ids": torch.arange(16, dtype=torch.int64)}
+    base = copy_model(tiny_llama, tmp_path / "base", {**weights(tiny_llama), **buf})
+    same = copy_model(tiny_variants[0], tmp_path / "same", {**weights(tiny_variants[0]), **buf})
+    compress(capsys, same, base, tmp_path / "a", "-q")
+    assert "model.rotary_ids" not in DeltaReader(tmp_path / "a")
+    other = {"model.rotary_ids": torch.arange(16, dtype=torch.int64).flip(0)}
+    diff = copy_model(tiny_variants[0], tmp_path / "diff", {**weights(tiny_variants[0]), **other})
+    code, _, err = cli(capsys, "compress", diff, "--base", base, tmp_path / "b")
+    assert code == 2 and "integer tensor 'model.rotary_ids' differs" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_drop_rate_099_through_the_cli(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_llama: Path, tiny_variants: list[Path]
+) -> None:
+    compress(capsys, tiny_variants[0], tiny_llama, tmp_path / "d", "--drop-rate", "0.99", "-q")
+    totals = DeltaReader(tmp_path / "d").manifest.totals
+    assert abs(totals.nnz - 0.01 * totals.numel) <= 5 * math.sqrt(totals.numel * 0.0099)
+    code, stdout, _ = cli(capsys, "inspect", tmp_path / "d", "--verify")
+    assert code == 0 and "checksums   ok" in stdout
