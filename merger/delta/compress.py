@@ -13,12 +13,14 @@ independent masks and re-compressing the same variant gives the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from merger.dare import density_from_drop_rate
 from merger.delta.encode import VALUE_DTYPES, encode_tensor, resolve_value_dtype
@@ -99,14 +101,25 @@ def compress_delta(
     options: CompressOptions | None = None,
     *,
     name: str | None = None,
+    labels: dict[str, str] | None = None,
     progress: Progress | None = None,
+    **fields: Any,
 ) -> DeltaManifest:
     """Write the compressed delta of ``source`` against ``base`` to the new directory ``out``.
 
     ``source`` is a fine-tuned checkpoint folder, a LoRA adapter folder, or an
-    opened :class:`DeltaSource`. Returns the manifest that was written.
+    opened :class:`DeltaSource`. Options come either as ``options`` or as its
+    fields by keyword (``drop_rate=0.9, seed=1``). ``labels`` are free-form
+    strings kept in the manifest (e.g. a description). Returns the manifest
+    that was written.
     """
-    opts = options or CompressOptions()
+    if options is not None and fields:
+        raise ConfigError("pass either options or option fields by keyword, not both")
+    known = {f.name for f in dataclasses.fields(CompressOptions)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown compress options {unknown}; known: {sorted(known)}")
+    opts = options or CompressOptions(**fields)
     base_ckpt = base if isinstance(base, Checkpoint) else Checkpoint(base)
     finetuned = opts.apply_to == "finetuned"
     src = (
@@ -157,4 +170,5 @@ def compress_delta(
             sparsifier=spec,
             value_dtype=opts.value_dtype,
             created_by=_version(),
+            labels=dict(labels or {}),
         )

@@ -239,6 +239,7 @@ class DeltaWriter:
         sparsifier: SparsifierInfo,
         value_dtype: str,
         created_by: str = "cocktail",
+        labels: dict[str, str] | None = None,
     ) -> DeltaManifest:
         """Write the manifest, sync everything and rename the directory into place."""
         if self._done:
@@ -260,6 +261,7 @@ class DeltaWriter:
             source=source,
             sparsifier=sparsifier,
             value_dtype=value_dtype,  # type: ignore[arg-type]
+            labels=dict(labels or {}),
             tensors=dict(self._entries),
             totals=Totals(
                 tensors=len(self._entries),

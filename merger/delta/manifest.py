@@ -127,6 +127,7 @@ class DeltaManifest(_Frozen):
     source: SourceInfo
     sparsifier: SparsifierInfo
     value_dtype: Literal["base", "float32", "bfloat16", "float16", "int8"]  # as requested
+    labels: dict[str, str] = {}  # free-form, e.g. {"description": ...}
     tensors: dict[str, TensorEntry]
     totals: Totals
 

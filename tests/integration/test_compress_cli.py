@@ -476,3 +476,33 @@ def test_drop_rate_099_through_the_cli(
     assert abs(totals.nnz - 0.01 * totals.numel) <= 5 * math.sqrt(totals.numel * 0.0099)
     code, stdout, _ = cli(capsys, "inspect", tmp_path / "d", "--verify")
     assert code == 0 and "checksums   ok" in stdout
+
+
+def test_compress_delta_takes_options_by_keyword_and_labels(
+    tmp_path: Path, tiny_llama: Path, tiny_variants: list[Path]
+) -> None:
+    from merger.delta import CompressOptions, compress_delta
+    from merger.errors import ConfigError
+
+    m = compress_delta(
+        tiny_variants[0],
+        tiny_llama,
+        tmp_path / "a",
+        name="v0",
+        drop_rate=0.5,
+        seed=2,
+        strategy="magnitude",
+        labels={"description": "first variant"},
+    )
+    assert m.name == "v0" and m.labels == {"description": "first variant"}
+    assert (m.sparsifier.drop_rate, m.sparsifier.seed, m.sparsifier.strategy) == (
+        0.5,
+        2,
+        "magnitude",
+    )
+    assert DeltaReader(tmp_path / "a").manifest == m
+    with pytest.raises(ConfigError, match="unknown compress options \\['densty'\\]"):
+        compress_delta(tiny_variants[0], tiny_llama, tmp_path / "b", densty=0.5)
+    with pytest.raises(ConfigError, match="not both"):
+        compress_delta(tiny_variants[0], tiny_llama, tmp_path / "c", CompressOptions(), seed=1)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
