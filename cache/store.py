@@ -36,7 +36,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from merger.delta.manifest import MANIFEST_FILE, DeltaManifest, load_manifest
-
 from merger.errors import ConfigError, MergeError, NotFoundError
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES: tuple[str, ...] = ("merger.commands.mix",)
+MODULES: tuple[str, ...] = (
+    "merger.commands.compress",
+    "merger.commands.inspect",
+    "merger.commands.mix",
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
