@@ -203,7 +203,7 @@ class CocktailClient:
         source_path: str | Path,
         *,
         drop_rate: float = 0.9,
-        seed: int = 0,
+        seed: int | None = None,
         strategy: str = "random",
         rescale: bool = True,
         value_dtype: str = "",

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RegisterOptions:
     drop_rate: float = 0.0
-    seed: int = 0
+    seed: int | None = None  # None: derived from the source's content
     strategy: str = "random"
     rescale: bool = True
     value_dtype: str | None = None

@@ -182,7 +182,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     ) -> pb.RegisterDeltaResponse:
         options = RegisterOptions(
             drop_rate=float(request.drop_rate),
-            seed=int(request.seed),
+            seed=int(request.seed) if request.HasField("seed") else None,
             strategy=request.strategy or "random",
             rescale=request.rescale if request.HasField("rescale") else True,
             value_dtype=request.value_dtype or None,

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("name")
     r.add_argument("source_path")
     r.add_argument("--drop-rate", type=float, default=0.9)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, help="DARE mask seed (default: derived from the source)")
     r.add_argument("--strategy", choices=["random", "magnitude"], default="random")
     r.add_argument("--no-rescale", action="store_true")
     r.add_argument("--value-dtype", default="")

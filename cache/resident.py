@@ -1,0 +1,31 @@
+"""Deltas resident in memory: every tensor of a registered delta as a SparseTensor.
+
+The engine keeps each delta in its compressed form (kept values, plus
+positions regenerated once from the seed for seeded masks), on the engine's
+device, and materializes merges from there. Tensors whose delta is exactly
+zero are not held at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from merger.delta.reader import DeltaReader
+from merger.sparse import SparseTensor
+
+
+def load_resident_delta(path: Path, device: str | torch.device = "cpu") -> dict[str, SparseTensor]:
+    """Read and verify (sha256) every tensor of the delta at ``path`` onto ``device``."""
+    with DeltaReader(path) as reader:
+        out = {}
+        for name in reader.names():
+            if reader.entry(name).mask == "zero":
+                continue
+            out[name] = reader.tensor(name, device=device)
+        return out
+
+
+def resident_bytes(tensors: dict[str, SparseTensor]) -> int:
+    return sum(t.nbytes for t in tensors.values())
