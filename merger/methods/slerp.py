@@ -12,7 +12,8 @@ Per tensor, both tensors are flattened to vectors a (base) and b (the other mode
 This is what mergekit 0.1.5 computes: its batch kernel keeps a leading axis, but
 that axis stacks *different* tensors, so each tensor is still interpolated as one
 flat vector (not row by row). As there, the norms only define the angle: the
-coefficients multiply the unnormalized tensors, and a norm ≤ 1e-8 counts as 1.
+coefficients multiply the unnormalized tensors, and a norm ≤ 1e-8 counts as 1
+(so an all-zero tensor is taken as orthogonal to the other: θ = sin(tπ/2)·b).
 ``t`` arrives as one float per tensor; gradients over depth and ``filter`` lists
 (``self_attn``, ``mlp``) are resolved by the config layer.
 """
