@@ -145,7 +145,7 @@ def resolve(
         for where, block in scopes:
             if key not in block:
                 continue
-            value = evaluate_setting(tensor_name, block[key], t, _validator(spec, f"{where}.{key}"))
+            value = evaluate_setting(tensor_name, block[key], t, validator(spec, f"{where}.{key}"))
             if value is not None:
                 out[spec.name] = value
                 break
@@ -158,7 +158,7 @@ def resolve(
     return out
 
 
-def _validator(spec: FieldSpec, where: str) -> Validate:
+def validator(spec: FieldSpec, where: str) -> Validate:
     def validate(value: Any) -> Any:
         try:
             return spec.adapter.validate_python(value)
