@@ -33,6 +33,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         action="store_true",
         help="merge models of different architectures when their tensors line up",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for the maths (default 1: merging is memory-bound, and "
+        "extra threads slow it down on a busy machine)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
 
@@ -49,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         allow_crimes=args.allow_crimes,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     print(f"merged model written to {out}")
     return 0

@@ -96,6 +96,7 @@ def execute(
                 out = out.to(job.spec.dtype)
             writer.write(job.spec.name, out)
             read.clear()
+            models.close()  # unmap the files: touched pages would otherwise stay in RSS
             del out
             bar.update(1)
     finally:

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from merger.dare import Rescale, sparsify_dense
+from merger.dare import Rescale, magnitude_keep_count, sparsify_dense
 from merger.errors import ConfigError
 from merger.methods.base import MergeInputs, Params, TensorContext
 
@@ -86,6 +86,40 @@ def weight_divisor(weights: Sequence[float], normalize: bool, method: str) -> fl
     return total
 
 
+def magnitude_trim(delta: torch.Tensor, density: float, rescale: Rescale) -> torch.Tensor:
+    """Keep the k = ⌊d·n⌋ (≥ 1) largest |δ| (TIES' trim), zero the rest; dense, in place.
+
+    Same selection as :func:`merger.dare.magnitude_keep_indices`, computed as a
+    dense mask from the k-th largest magnitude (one selection pass, no sort or
+    scatter), with ties at the threshold broken towards the lowest flat index so
+    the result is deterministic. ``rescale``: ``True`` multiplies kept entries by
+    1/d, ``"l1"`` restores the L1 norm, ``False`` leaves them.
+    """
+    flat = delta.view(-1)
+    n = flat.numel()
+    k = magnitude_keep_count(n, density)
+    if k >= n:
+        return delta
+    mag = flat.abs()
+    threshold = mag.kthvalue(n - k + 1).values
+    keep = mag > threshold
+    missing = k - int(keep.sum())
+    if missing > 0:
+        keep[(mag == threshold).nonzero().view(-1)[:missing]] = True
+    before = float(mag.sum()) if rescale == "l1" else 0.0
+    del mag
+    flat.mul_(keep)
+    if rescale is True:
+        flat.div_(density)
+    elif rescale == "l1":
+        after = float(flat.abs().sum())
+        if before >= 1e-7 and after >= 1e-7:
+            flat.mul_(before / after)
+    elif rescale is not False:
+        raise ConfigError(f"rescale must be true, false or 'l1'; got {rescale!r}")
+    return delta
+
+
 def sparsified_deltas(
     inputs: MergeInputs,
     base: torch.Tensor,
@@ -106,7 +140,9 @@ def sparsified_deltas(
     out = []
     for i, (theta, d) in enumerate(zip(inputs.tensors, densities, strict=True)):
         dl = delta(theta, base, dtype)
-        if d < 1.0:
+        if d < 1.0 and strategy == "magnitude":
+            dl = magnitude_trim(dl, d, rescale)
+        elif d < 1.0:
             dl = sparsify_dense(
                 dl, d, strategy=strategy, rescale=rescale, seed=seed, name=f"{i}:{ctx.name}"
             )
@@ -114,21 +150,15 @@ def sparsified_deltas(
     return out
 
 
-def elect(stack: torch.Tensor, majority_sign: MajoritySign) -> torch.Tensor:
-    """Bool mask ``[n, ...]``: where ``stack[i]`` is nonzero with the elected sign.
-
-    The sign per element is + where Σᵢ stack[i] ≥ 0 (``total``) or
-    Σᵢ sign(stack[i]) ≥ 0 (``frequency``), − elsewhere.
-    """
-    sign = stack.sign()
-    if majority_sign == "total":
-        score = stack.sum(dim=0)
-    elif majority_sign == "frequency":
-        score = sign.sum(dim=0)
-    else:
+def majority(deltas: Sequence[torch.Tensor], majority_sign: MajoritySign) -> torch.Tensor:
+    """The elected sign per element, ±1: + where Σᵢ δᵢ ≥ 0 (``total``) or Σᵢ sign(δᵢ) ≥ 0
+    (``frequency``), − elsewhere."""
+    if majority_sign not in ("total", "frequency"):
         raise ConfigError(f"majority_sign must be 'total' or 'frequency'; got {majority_sign!r}")
-    majority = torch.where(score >= 0, 1.0, -1.0).to(sign.dtype)
-    return sign == majority
+    score = torch.zeros_like(deltas[0])
+    for d in deltas:
+        score.add_(d if majority_sign == "total" else d.sign())
+    return score.ge_(0).mul_(2).sub_(1)
 
 
 def ties_combine(
@@ -141,26 +171,32 @@ def ties_combine(
 ) -> torch.Tensor:
     """Elect a sign per element and combine the agreeing deltas (see module docstring).
 
-    ``deltas`` are the already trimmed/sparsified δ̂ᵢ, all of one shape and dtype.
-    Returns the combined delta, before λ.
+    ``deltas`` are the already trimmed/sparsified δ̂ᵢ, all of one shape and dtype;
+    they are overwritten (weighted in place). Returns the combined delta, before λ.
+    Works model by model, so scratch memory is a few tensors whatever the count.
     """
-    stack = torch.stack(list(deltas))
-    w = torch.tensor(list(weights), dtype=stack.dtype, device=stack.device)
-    w = w.view(-1, *([1] * (stack.dim() - 1)))
+    if semantics not in ("mergekit", "paper"):
+        raise ConfigError(f"semantics must be 'mergekit' or 'paper'; got {semantics!r}")
     if semantics == "mergekit":
-        stack.mul_(w)
-        mask = elect(stack, majority_sign)
-        merged = (stack * mask).sum(dim=0)
-        if normalize:
-            divisor = (w * mask).sum(dim=0)
-            divisor[divisor == 0] = 1.0
-            merged.div_(divisor)
-        return merged
+        for d, w in zip(deltas, weights, strict=True):
+            d.mul_(w)
+    sign = majority(deltas, majority_sign)
+    merged = torch.zeros_like(sign)
+    divisor = torch.zeros_like(sign)
+    for d, w in zip(deltas, weights, strict=True):
+        agree = torch.mul(d, sign).gt_(0)  # nonzero and of the elected sign
+        if semantics == "mergekit":
+            merged.addcmul_(d, agree)
+            divisor.add_(agree, alpha=w)
+        else:
+            merged.addcmul_(d, agree, value=w)
+            divisor.add_(agree)
+        del agree
     if semantics == "paper":
-        mask = elect(stack, majority_sign)
-        merged = (stack * (w * mask)).sum(dim=0)
-        return merged.div_(mask.sum(dim=0).clamp_(min=1).to(merged.dtype))
-    raise ConfigError(f"semantics must be 'mergekit' or 'paper'; got {semantics!r}")
+        return merged.div_(divisor.clamp_(min=1))
+    if normalize:
+        merged.div_(divisor.masked_fill_(divisor == 0, 1.0))
+    return merged
 
 
 def weighted_sum(deltas: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:

@@ -109,3 +109,22 @@ def test_density_out_of_range_is_an_error(density: float) -> None:
 def test_misspelled_parameter_is_an_error() -> None:
     with pytest.raises(ConfigError, match="did you mean 'density'"):
         get_method("ties").make_model_params({"weight": 1.0, "densty": 0.5}, "models[0]")
+
+
+def test_trim_matches_the_shared_magnitude_sparsifier() -> None:
+    from merger.dare import sparsify_dense
+    from merger.methods.taskvec import magnitude_trim
+
+    g = torch.Generator().manual_seed(3)
+    for density in (0.1, 0.5, 0.9):
+        for rescale in (False, True, "l1"):
+            x = torch.randn(300, 7, generator=g)
+            expect = sparsify_dense(x, density, strategy="magnitude", rescale=rescale)
+            assert torch.allclose(magnitude_trim(x.clone(), density, rescale), expect, atol=1e-6)
+
+
+def test_trim_breaks_ties_towards_the_lowest_index() -> None:
+    from merger.methods.taskvec import magnitude_trim
+
+    x = torch.tensor([3.0, 1.0, -1.0, 1.0, -1.0, 2.0])  # k = 3: 3, 2 and the first |1|
+    assert torch.equal(magnitude_trim(x.clone(), 0.5, False), torch.tensor([3.0, 1, 0, 0, 0, 2]))
