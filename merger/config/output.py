@@ -54,7 +54,7 @@ def output_config(
     """The merged model's config.json as a dict (the donor's is not modified)."""
     out = copy.deepcopy(donor)
     found = config_num_layers(out)
-    if found is not None and found[1] != num_layers:
+    if found is not None:
         node = out
         for part in found[0][:-1]:
             node = node[part]

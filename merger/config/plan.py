@@ -100,7 +100,23 @@ class Planner:
                 out_layer += 1
         for name in donor.post:
             self._add(name, last, [name] * len(last.sources), t=0.0, layer=None)
+        self._warn_dropped_heads()
         return self.jobs
+
+    def _warn_dropped_heads(self) -> None:
+        """A tied donor has no LM head; the inputs' own heads then take no part."""
+        out = {j.spec.name for j in self.jobs}
+        for m in sorted({s.model for sl in self.slices for s in sl.sources}):
+            h = self.models[m]
+            dropped = [n for n in h.layout.post if is_head(n) and n not in out]
+            if dropped:
+                LOG.warning(
+                    "%s has its own %s but the output ties it to the input embedding (as %s "
+                    "does); that tensor takes no part in the merge",
+                    h.label,
+                    dropped[0],
+                    self.models[self.donor].label,
+                )
 
     # -- one output tensor -----------------------------------------------------
     def _input_name(self, src: Source, name: str) -> str:

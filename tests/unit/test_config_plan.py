@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,36 @@ def test_yaml_text_with_relative_paths_next_to_the_config(
     p = plan_merge(cfg)
     p.close()
     assert {h.path.name for h in p.models.handles} == {"a", "b"}
+
+
+def test_layer_types_follow_the_stacked_layers(family: dict[str, str], tmp_path: Path) -> None:
+    src = Path(family["a"])
+    typed = tmp_path / "typed"
+    typed.mkdir()
+    for f in src.iterdir():
+        (typed / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((typed / "config.json").read_text())
+    cfg["layer_types"] = ["full", "sliding", "full", "sliding", "full"]
+    (typed / "config.json").write_text(json.dumps(cfg))
+    p = plan(
+        {
+            "merge_method": "passthrough",
+            "slices": [
+                {"sources": [{"model": str(typed), "layer_range": [0, 2]}]},
+                {"sources": [{"model": str(typed), "layer_range": [1, 4]}]},
+            ],
+        }
+    )
+    assert p.out_config["num_hidden_layers"] == 5
+    assert p.out_config["layer_types"] == ["full", "sliding", "sliding", "full", "sliding"]
+
+
+def test_tokenizer_source_path(family: dict[str, str]) -> None:
+    cfg = {
+        "merge_method": "linear",
+        "models": [{"model": family["a"]}, {"model": family["b"]}],
+        "parameters": {"weight": 1.0},
+        "tokenizer_source": family["b"],
+    }
+    assert plan(cfg).tokenizer_dir == Path(family["b"]).resolve()
+    assert plan({**cfg, "tokenizer_source": "base"}).tokenizer_dir == Path(family["a"]).resolve()
