@@ -66,6 +66,28 @@ def copy_buffer(job: Job, read: _Reader) -> torch.Tensor:
     return first
 
 
+def run_job(
+    job: Job,
+    method: MergeMethod,
+    read: _Reader,
+    stats: Mapping[int, Checkpoint] | None,
+    device: str,
+) -> torch.Tensor:
+    """One output tensor, in its planned dtype (its inputs are freed on return)."""
+    if job.copy:
+        out = copy_buffer(job, read)
+    else:
+        tensors = [read(r) for r in job.inputs]
+        base = read(job.base) if job.base is not None else None
+        job_stats = None
+        if stats is not None and method.statistic is not None:
+            job_stats = _stats_for(job.inputs, stats, method.statistic, device)
+        inputs = MergeInputs(tensors=tensors, base=base, stats=job_stats)
+        out = method.fn(inputs, job.params, job.model_params, job.ctx)
+    read.clear()
+    return out if out.dtype == job.spec.dtype else out.to(job.spec.dtype)
+
+
 def execute(
     jobs: Sequence[Job],
     method: MergeMethod,
@@ -82,22 +104,8 @@ def execute(
     bar = tqdm(total=len(jobs), unit="tensor", desc=f"{method.name} merge", disable=not progress)
     try:
         for job in jobs:
-            if job.copy:
-                out = copy_buffer(job, read)
-            else:
-                tensors = [read(r) for r in job.inputs]
-                base = read(job.base) if job.base is not None else None
-                job_stats = None
-                if stats is not None and method.statistic is not None:
-                    job_stats = _stats_for(job.inputs, stats, method.statistic, device)
-                inputs = MergeInputs(tensors=tensors, base=base, stats=job_stats)
-                out = method.fn(inputs, job.params, job.model_params, job.ctx)
-            if out.dtype != job.spec.dtype:
-                out = out.to(job.spec.dtype)
-            writer.write(job.spec.name, out)
-            read.clear()
-            models.close()  # unmap the files: touched pages would otherwise stay in RSS
-            del out
+            writer.write(job.spec.name, run_job(job, method, read, stats, device))
+            models.close()  # unmap the inputs: touched pages would otherwise stay in RSS
             bar.update(1)
     finally:
         bar.close()
