@@ -321,3 +321,38 @@ def test_cli_process_and_error_exit(
     )
     assert run.returncode == 2
     assert "cocktail merge: error:" in run.stderr and "Traceback" not in run.stderr
+
+
+def _with_buffer(src: Path, dst: Path, values: list[int]) -> Path:
+    from safetensors.torch import save_file
+
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            (dst / f.name).write_bytes(f.read_bytes())
+    t = load_file(src / "model.safetensors")
+    t["model.position_ids"] = torch.tensor(values, dtype=torch.int64)
+    save_file(t, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_integer_buffers_are_copied_when_inputs_agree(
+    tiny_llama: Path, tiny_variants: list[Path], tmp_path: Path
+) -> None:
+    from merger.config.run import run_merge
+    from merger.errors import IncompatibleError
+
+    a = _with_buffer(tiny_llama, tmp_path / "a", [0, 1, 2])
+    b = _with_buffer(tiny_variants[0], tmp_path / "b", [0, 1, 2])
+    c = _with_buffer(tiny_variants[1], tmp_path / "c", [0, 1, 3])
+    cfg = {
+        "merge_method": "linear",
+        "models": [{"model": str(a)}, {"model": str(b)}],
+        "parameters": {"weight": 1.0},
+    }
+    got = tensors(run_merge(cfg, tmp_path / "ok", progress=False))
+    assert got["model.position_ids"].tolist() == [0, 1, 2]
+    assert got["model.position_ids"].dtype == torch.int64
+    cfg["models"][1]["model"] = str(c)
+    with pytest.raises(IncompatibleError, match=r"model\.position_ids.*differs"):
+        run_merge(cfg, tmp_path / "bad", progress=False)
