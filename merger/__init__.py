@@ -1,8 +1,12 @@
 """Cocktail's merge core: merge methods, sparse deltas, checkpoint I/O, LM-Cocktail.
 
-The LM-Cocktail drop-in functions are importable from here
-(``from merger import mix_models_with_data``); they are loaded on first use so
-that ``import merger`` stays cheap.
+- ``merger.run_merge(config, out_dir)`` runs a mergekit-format YAML merge
+  (:mod:`merger.config`);
+- ``merger.mix_models``, ``merger.mix_models_with_data`` and
+  ``merger.mix_models_by_layers`` are LM-Cocktail's drop-in functions
+  (:mod:`merger.cocktail.mix`).
+
+They are loaded on first use so that ``import merger`` stays cheap (no torch).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "run_merge": "merger.config.run",
     "mix_models": "merger.cocktail.mix",
     "mix_models_with_data": "merger.cocktail.mix",
     "mix_models_by_layers": "merger.cocktail.mix",

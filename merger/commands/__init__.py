@@ -13,6 +13,7 @@ import importlib
 MODULES: tuple[str, ...] = (
     "merger.commands.compress",
     "merger.commands.inspect",
+    "merger.commands.merge",
     "merger.commands.mix",
 )
 

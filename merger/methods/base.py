@@ -40,7 +40,7 @@ from merger.errors import ConfigError
 class Params(BaseModel):
     """Base of every parameter model: frozen and hashable; unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True)
 
 
 class NoParams(Params):
@@ -103,6 +103,8 @@ class MergeMethod:
         min_models / max_models: how many non-base models it accepts.
         offline_only: needs the whole model at once or data (passthrough, fisher, regmean).
         needs_data: consumes per-model statistics computed from example data.
+        statistic: with ``needs_data``, the statistic each model must provide
+            (``"fisher"`` or ``"gram"``, see :mod:`merger.methods.stats`).
         delta_coefficients: for methods linear in the models, ``(s, [cᵢ])`` such
             that the result is s·θ₀ + Σ cᵢ δᵢ; enables the sparse fast path.
     """
@@ -118,6 +120,7 @@ class MergeMethod:
     max_models: int | None = None
     offline_only: bool = False
     needs_data: bool = False
+    statistic: str | None = None
     delta_coefficients: CoefficientsFn | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
@@ -154,7 +157,7 @@ def build_params(model: type[Params], raw: Mapping[str, Any], where: str) -> Par
     try:
         return model(**dict(raw))
     except ValidationError as e:
-        fields = list(model.model_fields)
+        fields = param_keys(model)
         problems = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(value)"
@@ -166,3 +169,8 @@ def build_params(model: type[Params], raw: Mapping[str, Any], where: str) -> Par
             else:
                 problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{where}: " + "; ".join(problems)) from None
+
+
+def param_keys(model: type[Params]) -> list[str]:
+    """The keys a config may use for ``model``'s fields (the alias where one is set)."""
+    return [f.alias or name for name, f in model.model_fields.items()]

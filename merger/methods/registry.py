@@ -39,7 +39,18 @@ def method_names() -> list[str]:
     return sorted({m.name for m in METHODS.values()})
 
 
-_MODULES = ("linear",)
+_MODULES = (
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "magnitude_prune",
+    "slerp",
+    "passthrough",
+    "fisher",
+    "regmean",
+)
 
 
 def _load_all() -> None:

@@ -1,0 +1,111 @@
+"""Run a merge plan: read each job's inputs lazily, merge, stream the result to disk.
+
+One output tensor at a time: peak memory is that tensor's inputs, the method's
+scratch and its result — a few tensors, whatever the model size. Inputs are
+read straight from the memory-mapped safetensors files in their stored dtype
+(converted only when the config names a ``dtype``), a tensor shared by two
+roles (the base of an optional-base method) is read once, and the result is
+written by :class:`~merger.io.ShardedWriter` at its final offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from merger.config.plan import Job, TensorRef
+from merger.config.sources import Models
+from merger.errors import IncompatibleError
+from merger.io import Checkpoint, ShardedWriter
+from merger.methods.base import MergeInputs, MergeMethod
+
+
+class _Reader:
+    """Reads job inputs, each (model, tensor) once per job."""
+
+    def __init__(self, models: Models, load_dtype: torch.dtype | None, device: str) -> None:
+        self.models = models
+        self.load_dtype = load_dtype
+        self.device = device
+        self._cache: dict[TensorRef, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __call__(self, ref: TensorRef, floating: bool = True) -> torch.Tensor:
+        t = self._cache.get(ref)
+        if t is None:
+            dtype = self.load_dtype if floating else None
+            t = self.models[ref.model].ckpt.get(ref.name, dtype=dtype, device=self.device)
+            self._cache[ref] = t
+        return t
+
+
+def _stats_for(
+    refs: Sequence[TensorRef], stats: Mapping[int, Checkpoint], key: str, device: str
+) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for r in refs:
+        ck = stats.get(r.model)
+        out.append({key: ck.get(r.name, device=device)} if ck is not None and r.name in ck else {})
+    return out
+
+
+def copy_buffer(job: Job, read: _Reader) -> torch.Tensor:
+    """A non-floating tensor: all inputs must hold the same values."""
+    tensors = [read(r, floating=False) for r in job.inputs]
+    first = tensors[0]
+    for r, t in zip(job.inputs[1:], tensors[1:]):
+        if t.dtype != first.dtype or not torch.equal(t, first):
+            raise IncompatibleError(
+                f"non-floating tensor {job.spec.name!r} differs between inputs "
+                f"({job.inputs[0].name} and {r.name}); integer buffers cannot be averaged"
+            )
+    return first
+
+
+def run_job(
+    job: Job,
+    method: MergeMethod,
+    read: _Reader,
+    stats: Mapping[int, Checkpoint] | None,
+    device: str,
+) -> torch.Tensor:
+    """One output tensor, in its planned dtype (its inputs are freed on return)."""
+    if job.copy:
+        out = copy_buffer(job, read)
+    else:
+        tensors = [read(r) for r in job.inputs]
+        base = read(job.base) if job.base is not None else None
+        job_stats = None
+        if stats is not None and method.statistic is not None:
+            job_stats = _stats_for(job.inputs, stats, method.statistic, device)
+        inputs = MergeInputs(tensors=tensors, base=base, stats=job_stats)
+        out = method.fn(inputs, job.params, job.model_params, job.ctx)
+    read.clear()
+    return out if out.dtype == job.spec.dtype else out.to(job.spec.dtype)
+
+
+def execute(
+    jobs: Sequence[Job],
+    method: MergeMethod,
+    models: Models,
+    writer: ShardedWriter,
+    *,
+    load_dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    stats: Mapping[int, Checkpoint] | None = None,
+    progress: bool = True,
+) -> None:
+    """Compute and write every job's tensor, in plan order."""
+    read = _Reader(models, load_dtype, device)
+    bar = tqdm(total=len(jobs), unit="tensor", desc=f"{method.name} merge", disable=not progress)
+    try:
+        for job in jobs:
+            writer.write(job.spec.name, run_job(job, method, read, stats, device))
+            models.close()  # unmap the inputs: touched pages would otherwise stay in RSS
+            bar.update(1)
+    finally:
+        bar.close()

@@ -1,0 +1,113 @@
+"""SLERP: spherical linear interpolation between the base and one other model.
+
+Shoemake 1985; mergekit's ``slerp`` (https://en.wikipedia.org/wiki/Slerp).
+
+Per tensor, both tensors are flattened to vectors a (base) and b (the other model):
+
+    Ω = arccos(⟨a/|a|, b/|b|⟩)
+    θ = sin((1−t)Ω)/sin Ω · a + sin(tΩ)/sin Ω · b
+    θ = (1−t)·a + t·b                when |cos Ω| > dot_threshold (nearly colinear
+                                      or antipodal vectors, where sin Ω ≈ 0)
+
+This is what mergekit 0.1.5 computes: its batch kernel keeps a leading axis, but
+that axis stacks *different* tensors, so each tensor is still interpolated as one
+flat vector (not row by row). As there, the norms only define the angle: the
+coefficients multiply the unnormalized tensors, and a norm ≤ 1e-8 counts as 1
+(so an all-zero tensor is taken as orthogonal to the other: θ = sin(tπ/2)·b).
+``t`` arrives as one float per tensor; gradients over depth and ``filter`` lists
+(``self_attn``, ``mlp``) are resolved by the config layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from merger.errors import ConfigError
+from merger.methods.base import (
+    BasePolicy,
+    MergeInputs,
+    MergeMethod,
+    NoParams,
+    Params,
+    TensorContext,
+)
+from merger.methods.registry import register
+from merger.methods.taskvec import work_dtype
+
+_EPS = 1e-8
+
+
+class SlerpParams(Params):
+    t: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    dot_threshold: float = Field(default=0.9995, gt=0.0, le=1.0, allow_inf_nan=False)
+
+
+def slerp_coefficients(t: float, cos_omega: float, dot_threshold: float) -> tuple[float, float]:
+    """(c_a, c_b) with θ = c_a·a + c_b·b for a given cos Ω (clamped to [−1, 1])."""
+    c = min(1.0, max(-1.0, cos_omega))
+    if abs(c) > dot_threshold:
+        return 1.0 - t, t
+    omega = math.acos(c)
+    s = math.sin(omega)
+    return math.sin((1.0 - t) * omega) / s, math.sin(t * omega) / s
+
+
+def slerp_tensors(
+    t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9995
+) -> torch.Tensor:
+    """Interpolate tensor ``a`` (t = 0) towards ``b`` (t = 1); returns ``a``'s dtype."""
+    if a.shape != b.shape:
+        raise ConfigError(
+            f"slerp needs tensors of one shape; got {list(a.shape)} and {list(b.shape)}"
+        )
+    dtype = work_dtype(a)
+    x = a.reshape(-1).to(dtype)
+    y = b.reshape(-1).to(dtype)
+    if x.numel() == 0:
+        return a.clone()
+    na = float(torch.linalg.vector_norm(x))
+    nb = float(torch.linalg.vector_norm(y))
+    na = na if na > _EPS else 1.0
+    nb = nb if nb > _EPS else 1.0
+    cos_omega = float(torch.dot(x, y)) / (na * nb)
+    ca, cb = slerp_coefficients(t, cos_omega, dot_threshold)
+    out = torch.mul(x, ca).add_(y, alpha=cb)
+    return out.view(a.shape).to(a.dtype)
+
+
+def slerp(
+    inputs: MergeInputs,
+    params: SlerpParams,
+    model_params: Sequence[Params],
+    ctx: TensorContext,
+) -> torch.Tensor:
+    if inputs.base is None or len(inputs.tensors) != 1:
+        raise ConfigError(
+            "slerp interpolates between exactly two models: the base_model and one other; "
+            f"got {len(inputs.tensors)} other model(s)"
+            + ("" if inputs.base is not None else " and no base")
+        )
+    if not inputs.base.is_floating_point():
+        raise ConfigError(
+            f"slerp: tensor {ctx.name!r} is {inputs.base.dtype}; it needs floating point"
+        )
+    return slerp_tensors(params.t, inputs.base, inputs.tensors[0], params.dot_threshold)
+
+
+SLERP = register(
+    MergeMethod(
+        name="slerp",
+        paper="https://en.wikipedia.org/wiki/Slerp",
+        formula="θ = sin((1−t)Ω)/sin Ω · θ₀ + sin(tΩ)/sin Ω · θ₁  (lerp when colinear)",
+        params=SlerpParams,
+        model_params=NoParams,
+        fn=slerp,  # type: ignore[arg-type]
+        base=BasePolicy.REQUIRED,
+        min_models=1,
+        max_models=1,
+    )
+)

@@ -1,0 +1,78 @@
+"""Task arithmetic: add weighted task vectors to the base (Ilharco et al. 2023).
+
+"Editing Models with Task Arithmetic", https://arxiv.org/abs/2212.04089
+
+    θ = θ₀ + λ · Σᵢ wᵢ δᵢ / D,   δᵢ = θᵢ − θ₀,   D = Σᵢ wᵢ (normalize: true) or 1
+
+Negative weights subtract a capability ("forgetting via negation"). Defaults as
+mergekit 0.1.5: ``normalize: false``, ``lambda: 1``. One difference: mergekit
+silently skips the division when ``normalize: true`` and the weights sum to 0;
+here that is an error, since the normalized result is undefined.
+``int8_mask`` is accepted for mergekit compatibility and has no effect (it only
+changes how mergekit stores a mask this method never builds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from merger.methods.base import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext
+from merger.methods.registry import register
+from merger.methods.taskvec import (
+    WeightedModelParams,
+    apply,
+    delta,
+    require_base,
+    weight_divisor,
+    weights_of,
+    work_dtype,
+)
+
+
+class TaskArithmeticParams(Params):
+    lambda_: float = Field(default=1.0, alias="lambda", allow_inf_nan=False)
+    normalize: bool = False
+    int8_mask: bool = False
+
+
+def task_arithmetic(
+    inputs: MergeInputs,
+    params: TaskArithmeticParams,
+    model_params: Sequence[WeightedModelParams],
+    ctx: TensorContext,
+) -> torch.Tensor:
+    base = require_base(inputs, "task_arithmetic", ctx)
+    weights = weights_of(model_params)
+    dtype = work_dtype(base)
+    merged = torch.zeros(base.shape, dtype=dtype, device=base.device)
+    for theta, w in zip(inputs.tensors, weights, strict=True):
+        merged.add_(delta(theta, base, dtype), alpha=w)
+    divisor = weight_divisor(weights, params.normalize, "task_arithmetic")
+    if divisor != 1.0:
+        merged.div_(divisor)
+    return apply(base, merged, params.lambda_)
+
+
+def task_arithmetic_coefficients(
+    params: TaskArithmeticParams, model_params: Sequence[WeightedModelParams]
+) -> tuple[float, list[float]]:
+    weights = weights_of(model_params)
+    scale = params.lambda_ / weight_divisor(weights, params.normalize, "task_arithmetic")
+    return 1.0, [w * scale for w in weights]
+
+
+TASK_ARITHMETIC = register(
+    MergeMethod(
+        name="task_arithmetic",
+        paper="https://arxiv.org/abs/2212.04089",
+        formula="θ = θ₀ + λ Σ wᵢ δᵢ  (÷ Σ wᵢ when normalize: true)",
+        params=TaskArithmeticParams,
+        model_params=WeightedModelParams,
+        fn=task_arithmetic,  # type: ignore[arg-type]
+        base=BasePolicy.REQUIRED,
+        delta_coefficients=task_arithmetic_coefficients,  # type: ignore[arg-type]
+    )
+)
