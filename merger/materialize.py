@@ -23,6 +23,7 @@ import torch
 
 from merger.errors import ConfigError
 from merger.methods import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext, get_method
+from merger.methods.base import param_keys
 from merger.sparse import SparseTensor
 
 BASE = "base"
@@ -70,26 +71,30 @@ class MergePlan:
             members.pop(BASE, None)  # the base is implicit; its δ would be 0
         if not members:
             raise ConfigError(f"merge method {m.name!r} needs at least one variant with a weight")
-        shared_fields = set(m.params.model_fields)
-        model_fields = set(m.model_params.model_fields) - {"weight"}
+        shared_keys = set(param_keys(m.params))
+        model_keys = set(param_keys(m.model_params))
         shared: dict[str, Any] = {}
         per_model: dict[str, Any] = {}
         for key, value in (params or {}).items():
             k = "lambda" if key == "lambda_" else key
-            if k in shared_fields:
+            if k in shared_keys:
                 shared[k] = value
-            elif k in model_fields:
+            elif k in model_keys - {"weight"}:
                 per_model[k] = value
             else:
-                known = sorted(shared_fields | model_fields)
+                known = sorted(shared_keys | model_keys - {"weight"})
                 raise ConfigError(
                     f"merge method {m.name!r} has no parameter {key!r}; it takes: "
                     f"{', '.join(known) or 'no parameters besides weights'}"
                 )
         names = tuple(sorted(members))
         m.check_model_count(len(names), has_base=True)
+        # Methods without per-model weights (slerp) use the names only.
+        weighted = "weight" in model_keys
         model_params = tuple(
-            m.make_model_params({"weight": members[n], **per_model}, f"variant {n!r}")
+            m.make_model_params(
+                {**({"weight": members[n]} if weighted else {}), **per_model}, f"variant {n!r}"
+            )
             for n in names
         )
         return cls(

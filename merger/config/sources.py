@@ -15,6 +15,7 @@ from typing import Any
 from merger.config.layers import LayerLayout, layout
 from merger.config.params import ParamSpace
 from merger.config.schema import MergeConfig, Setting, resolve_model_path
+from merger.delta.virtual import DeltaCheckpoint, open_model
 from merger.errors import ConfigError
 from merger.io import Checkpoint
 from merger.methods.base import BasePolicy
@@ -26,7 +27,7 @@ class ModelHandle:
 
     path: Path
     ref: str  # as written in the config
-    ckpt: Checkpoint
+    ckpt: Checkpoint | DeltaCheckpoint
     config: dict[str, Any]
     layout: LayerLayout
 
@@ -68,7 +69,7 @@ class Models:
         path = resolve_model_path(ref, key, self.config_dir)
         if path in self._by_path:
             return self._by_path[path]
-        ckpt = Checkpoint(path)
+        ckpt = open_model(path)
         config = ckpt.config
         if config is None:
             raise ConfigError(

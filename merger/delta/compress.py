@@ -27,7 +27,7 @@ from merger.delta.encode import VALUE_DTYPES, encode_tensor, resolve_value_dtype
 from merger.delta.extract import DeltaSource, open_source
 from merger.delta.format import DEFAULT_SHARD_BYTES, DeltaWriter
 from merger.delta.manifest import BaseInfo, DeltaManifest, SourceInfo, SparsifierInfo
-from merger.errors import ConfigError
+from merger.errors import ConfigError, IncompatibleError
 from merger.io import Checkpoint, fingerprint
 
 Progress = Callable[[int, int, str], None]  # (tensors done, total, name of the last one)
@@ -47,6 +47,10 @@ class CompressOptions:
         value_dtype: ``base`` (each tensor's own dtype), float32, bfloat16, float16, int8.
         allow_nonfinite: keep NaN/inf deltas instead of refusing them.
         max_shard_bytes: stored bytes per safetensors shard.
+        max_relative_norm: refuse a full checkpoint whose delta norm exceeds this
+            fraction of the base's norm (‖θ_ft − θ₀‖ / ‖θ₀‖): it was not fine-tuned
+            from this base. Fine-tunes measure a few percent; two unrelated models
+            of the same architecture ~1.4. 0 disables the check.
     """
 
     drop_rate: float = 0.9
@@ -57,6 +61,7 @@ class CompressOptions:
     value_dtype: str = "base"
     allow_nonfinite: bool = False
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
+    max_relative_norm: float = 0.5
 
     def __post_init__(self) -> None:
         density_from_drop_rate(self.drop_rate)
@@ -73,6 +78,8 @@ class CompressOptions:
                 f"value dtype must be one of base, {', '.join(VALUE_DTYPES)}; "
                 f"got {self.value_dtype!r}"
             )
+        if not self.max_relative_norm >= 0:
+            raise ConfigError(f"max_relative_norm must be >= 0; got {self.max_relative_norm}")
         if self.max_shard_bytes <= 0:
             raise ConfigError(f"max_shard_bytes must be positive; got {self.max_shard_bytes}")
 
@@ -85,6 +92,19 @@ def default_seed(source_fingerprint: str) -> int:
     """A 63-bit seed derived from the source's content fingerprint."""
     digest = hashlib.sha256(("cocktail-delta-seed|" + source_fingerprint).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def check_related(delta_sq: float, base_sq: float, limit: float) -> None:
+    """Refuse a "fine-tune" whose delta is too large to come from this base."""
+    if limit <= 0 or base_sq <= 0:
+        return
+    ratio = (delta_sq / base_sq) ** 0.5
+    if ratio > limit:
+        raise IncompatibleError(
+            f"the checkpoint differs from the base by {ratio:.0%} of the base's norm (limit "
+            f"{limit:.0%}): it was not fine-tuned from this base model. Register it against its "
+            "own base, or raise max_relative_norm if this really is a heavy fine-tune"
+        )
 
 
 def _version() -> str:
@@ -150,8 +170,12 @@ def compress_delta(
         peft_config=src.peft_config,
     )
     total = len(src)
+    delta_sq = base_sq = 0.0
     with DeltaWriter(out, max_shard_bytes=opts.max_shard_bytes) as writer:
         for i, item in enumerate(src.iter_deltas(with_weights=finetuned)):
+            if item.base_sq_norm is not None:
+                base_sq += item.base_sq_norm
+                delta_sq += float(item.delta.pow(2).sum())
             enc = encode_tensor(
                 item.delta,
                 spec,
@@ -163,6 +187,7 @@ def compress_delta(
             writer.add(item.name, tuple(item.delta.shape), item.dtype, enc)
             if progress is not None:
                 progress(i + 1, total, item.name)
+        check_related(delta_sq, base_sq, opts.max_relative_norm)
         return writer.commit(
             name=name or Path(out).name,
             base=base_info,

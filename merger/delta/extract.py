@@ -51,6 +51,8 @@ class DeltaItem:
         delta: θ_ft − θ₀, fp32 (fp64 for fp64 tensors), the base tensor's shape.
         dtype: the base tensor's dtype.
         base, finetuned: θ₀ and θ_ft, only when ``iter_deltas(with_weights=True)``.
+        base_sq_norm: ‖θ₀‖² of this tensor when the source read it (full
+            checkpoints), for the "fine-tuned from this base?" check; None otherwise.
     """
 
     name: str
@@ -58,6 +60,7 @@ class DeltaItem:
     dtype: torch.dtype
     base: torch.Tensor | None = None
     finetuned: torch.Tensor | None = None
+    base_sq_norm: float | None = None
 
 
 class DeltaSource(Protocol):
@@ -225,6 +228,7 @@ class CheckpointDeltas:
                 dtype=b.dtype,
                 base=b if with_weights else None,
                 finetuned=f if with_weights else None,
+                base_sq_norm=float(b.to(work).pow(2).sum()),
             )
 
 

@@ -64,6 +64,7 @@ def other_base(models_dir: Path) -> Path:
 async def running_gateway(
     tmp: Path, base: Path, sources: Path, **overrides: Any
 ) -> AsyncIterator[Gateway]:
+    tmp.mkdir(parents=True, exist_ok=True)
     token_file = tmp / "admin-token"
     token_file.write_text(TOKEN + "\n")
     settings = load_settings(

@@ -24,7 +24,10 @@ def offline_merge(
     models = []
     for name, w in weights.items():
         path = base if name == "base" else store / name
-        models.append({"model": str(path), "parameters": {"weight": w}})
+        entry: dict[str, Any] = {"model": str(path)}
+        if method != "slerp":  # slerp takes no per-model weight
+            entry["parameters"] = {"weight": w}
+        models.append(entry)
     config = {"merge_method": method, "base_model": str(base), "models": models, "dtype": "float32"}
     if params:
         config["parameters"] = params

@@ -203,7 +203,7 @@ async def test_register_while_serving_and_remove_in_use(
         await asyncio.sleep(0.05)
         info = await gw.register("v1", sources / "v1")
         assert info.name == "v1"
-        removed = asyncio.create_task(
+        removed = asyncio.ensure_future(
             gw.admin.RemoveDelta(pb.RemoveDeltaRequest(name="v0"), metadata=gw.auth)
         )
         results = await asyncio.gather(*in_flight)
