@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from merger.delta.format import stale_tmp
 from merger.delta.manifest import MANIFEST_FILE, DeltaManifest, load_manifest
 from merger.errors import ConfigError, MergeError, NotFoundError
 
@@ -159,7 +160,7 @@ class DeltaStore:
 
     # -- recovery ----------------------------------------------------------------
     def recover(self) -> None:
-        """Finish or undo replaces interrupted by a crash; delete trash."""
+        """Finish or undo replaces interrupted by a crash; delete trash and dead writers' files."""
         for entry in sorted(self.root.iterdir()):
             m = re.fullmatch(r"\.(.+)\.replace-[0-9a-f]+", entry.name)
             if m and entry.is_dir():
@@ -172,6 +173,13 @@ class DeltaStore:
                     os.replace(entry, target)
                     _fsync_dir(self.root)
             elif entry.name.startswith(".trash-") and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif (
+                (t := re.fullmatch(r"\.(.+)\.tmp-.*", entry.name))
+                and entry.is_dir()
+                and stale_tmp(entry, f".{t.group(1)}.tmp-")
+            ):
+                log.warning("removing %s, left by an interrupted registration", entry.name)
                 shutil.rmtree(entry, ignore_errors=True)
 
     # -- writing -----------------------------------------------------------------

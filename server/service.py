@@ -99,6 +99,11 @@ class _ScoreJob:
 
 
 @dataclass(eq=False)
+class _WarmJob:
+    """Materialize a merge (and cache it) without generating: PinMerge."""
+
+
+@dataclass(eq=False)
 class _GenJob:
     request: GenerationRequest
     arrived: float = field(default_factory=time.monotonic)
@@ -344,8 +349,9 @@ class GatewayService:
             await self._score_batch(jobs)
             return
         swap = jobs[0].switch_info or SwapResult(0.0, True, False)
-        requests = [j.payload.request for j in jobs]
-        await self.engine.generate(requests)
+        requests = [j.payload.request for j in jobs if isinstance(j.payload, _GenJob)]
+        if requests:
+            await self.engine.generate(requests)
         for i, job in enumerate(jobs):
             if not job.future.done():
                 job.future.set_result(swap if i == 0 else SwapResult(0.0, True, False))
@@ -378,6 +384,14 @@ class GatewayService:
             return self._explicit_key(merge)
         except ConfigError as e:
             raise InvalidArgument(str(e)) from None
+
+    async def pin(self, merge: ExplicitMerge) -> MergeKey:
+        """Pin a merge in the hot-merge cache and materialize it now."""
+        self._check_ready()
+        key = self.merge_key_for(merge)
+        self.engine.pin(key)
+        await self.scheduler.submit(key, _WarmJob())
+        return key
 
     def uses(self, name: str) -> bool:
         """Whether a queued or running request's merge includes variant ``name``."""

@@ -249,8 +249,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def PinMerge(
         self, request: pb.PinMergeRequest, context: grpc.aio.ServicerContext
     ) -> pb.PinMergeResponse:
-        key = self._service.merge_key_for(to_explicit_merge(request.merge))
-        self._service.engine.pin(key)
+        key = await self._service.pin(to_explicit_merge(request.merge))
         return pb.PinMergeResponse(merge_key=str(key), pinned=True)
 
     async def UnpinMerge(

@@ -1,7 +1,7 @@
 """Writing a compressed delta directory atomically (the format: :mod:`merger.delta.manifest`).
 
 :class:`DeltaWriter` writes into a hidden temporary sibling of the target,
-``.<name>.tmp-<pid>-<random>``, and only :meth:`DeltaWriter.commit` makes the
+``.<name>.tmp-<host>-<pid>-<random>``, and only :meth:`DeltaWriter.commit` makes the
 delta visible: it writes ``manifest.json``, fsyncs every file and the
 directory, renames the directory into place and fsyncs the parent. A failure
 or a ``kill -9`` at any earlier point leaves no directory at the target, so
@@ -21,8 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -151,11 +154,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+STALE_FOREIGN_TMP_SECONDS = 24 * 3600
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def stale_tmp(tmp: Path, prefix: str) -> bool:
+    """Whether ``tmp`` (named ``<prefix><host>-<pid>-<rand>``) was left by a dead writer.
+
+    On a store shared by several hosts a pid means nothing elsewhere: a
+    directory from another host is stale only once it is a day old.
+    """
+    parts = tmp.name[len(prefix) :].split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    if parts[0] == _host_tag():
+        return not _pid_alive(int(parts[1]))
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_FOREIGN_TMP_SECONDS
+    except FileNotFoundError:
+        return False
+
+
 def _remove_stale_tmp(out: Path) -> None:
-    """Delete ``.<name>.tmp-<pid>-*`` siblings whose writing process no longer exists."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        parts = tmp.name[len(f".{out.name}.tmp-") :].split("-")
-        if tmp.is_dir() and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+    """Delete ``.<name>.tmp-*`` siblings whose writing process no longer exists."""
+    prefix = f".{out.name}.tmp-"
+    for tmp in out.parent.glob(f"{prefix}*"):
+        if tmp.is_dir() and stale_tmp(tmp, prefix):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -175,7 +202,7 @@ class DeltaWriter:
             raise ConfigError(f"max_shard_bytes must be positive; got {max_shard_bytes}")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_tmp(self.out)
-        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+        tag = f"{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{tag}"
         self.tmp.mkdir()
         self.max_shard_bytes = max_shard_bytes

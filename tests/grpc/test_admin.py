@@ -224,7 +224,8 @@ async def test_pin_keeps_a_merge_hot(tmp_path: Path, tiny_llama: Path, sources: 
         pinned = pb.MergeSpec(weights={"v0": 1.0})
         resp = await gw.admin.PinMerge(pb.PinMergeRequest(merge=pinned), metadata=gw.auth)
         assert resp.pinned and resp.merge_key == "linear(v0=1)"
-        await gw.generate("moon =", merge=pinned)
+        stats = await gw.admin.GetStats(pb.GetStatsRequest(), metadata=gw.auth)
+        assert stats.merges.entries == 1  # materialized by PinMerge itself
         for other in ({"v1": 1.0}, {"v2": 1.0}, {"v1": 0.5, "v2": 0.5}):
             await gw.generate("moon =", merge=pb.MergeSpec(weights=other))
         hit = await gw.generate("moon =", merge=pinned)
