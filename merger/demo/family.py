@@ -20,8 +20,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from merger.demo.corpus import Corpus, stdlib_docstrings
 from merger.demo.evaluate import exact_match
-from merger.demo.recipe import Recipe
-from merger.demo.store import BASE
+from merger.demo.recipe import BASE, Recipe
 from merger.demo.tasks import Example, get_task
 from merger.demo.tokenizer import build_char_tokenizer
 from merger.demo.train import finetune, init_model, llama_config, pretrain

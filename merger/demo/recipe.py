@@ -23,6 +23,7 @@ from merger.demo.tasks import ALL_TASKS
 from merger.errors import ConfigError
 
 FORMAT_VERSION = 1
+BASE = "base"  # the base model's name in a family; variants are named after their task
 
 
 class ModelShape(BaseModel):

@@ -23,14 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from merger.demo.recipe import FORMAT_VERSION, Recipe, environment, recipe_hash
+from merger.demo.recipe import BASE, FORMAT_VERSION, Recipe, environment, recipe_hash
 from merger.demo.tasks import DELIMITER, get_task
 from merger.errors import ConfigError
 
 if TYPE_CHECKING:
     from merger.demo.family import Family
 
-BASE = "base"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 
