@@ -39,7 +39,9 @@ def say(text: str = "") -> None:
 def build_family(out: Path) -> dict[str, Any]:
     say(f"== 1. demo model family in {out} (built once, then reused)")
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "server.cli", "demo-family", str(out)], check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "server.cli", "demo-family", str(out)], check=True, cwd=ROOT
+    )
     say(f"   ready in {time.monotonic() - t0:.1f} s")
     return json.loads((out / "manifest.json").read_text())
 
@@ -73,7 +75,16 @@ def start_server(config: Path, run: Path) -> tuple[subprocess.Popen[bytes], dict
     ready.unlink(missing_ok=True)
     log = open(run / "server.log", "wb")  # noqa: SIM115  (kept open for the child's lifetime)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--ready-file", str(ready)],
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+        ],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -90,11 +101,19 @@ def start_server(config: Path, run: Path) -> tuple[subprocess.Popen[bytes], dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the family and run files go")
-    parser.add_argument("--drop-rate", type=float, default=0.9, help="DARE drop rate for registration")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help="where the family and run files go"
+    )
+    parser.add_argument(
+        "--drop-rate", type=float, default=0.9, help="DARE drop rate for registration"
+    )
     parser.add_argument("--temperature", type=float, default=0.1, help="LM-Cocktail temperature T")
-    parser.add_argument("--prompts", type=int, default=10, help="held-out prompts per task for the score line")
+    parser.add_argument(
+        "--prompts", type=int, default=10, help="held-out prompts per task for the score line"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -102,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     family_dir = args.cache / "demo-family"
     manifest = build_family(family_dir)
-    tasks = {name: json.loads((family_dir / rel).read_text()) for name, rel in manifest["tasks"].items()}
+    tasks = {
+        name: json.loads((family_dir / rel).read_text()) for name, rel in manifest["tasks"].items()
+    }
     run = args.cache / "demo-run"
     if (run / "store").exists():
         import shutil
@@ -113,14 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     say("\n== 2. starting the gateway (cocktail serve, embedded torch engine)")
     proc, ports = start_server(config, run)
     target, admin = f"127.0.0.1:{ports['port']}", f"127.0.0.1:{ports['admin_port']}"
-    say(f"   Gateway {target}   Admin {admin}   metrics http://127.0.0.1:{ports['metrics_port']}/metrics")
-    rng = random.Random(args.seed)
+    say(
+        f"   Gateway {target}   Admin {admin}   metrics http://127.0.0.1:{ports['metrics_port']}/metrics"
+    )
+    rng = random.Random(args.seed)  # noqa: S311  (picks demo prompts, not secrets)
     try:
         with CocktailClient(target, admin_target=admin, token=TOKEN) as client:
-            say(f"\n== 3. registering {len(tasks)} variants through Admin (DARE drop rate {args.drop_rate})")
+            say(
+                f"\n== 3. registering {len(tasks)} variants through Admin (DARE drop rate {args.drop_rate})"
+            )
             for name in tasks:
                 info = client.register(
-                    name, family_dir / "variants" / name, drop_rate=args.drop_rate,
+                    name,
+                    family_dir / "variants" / name,
+                    drop_rate=args.drop_rate,
                     description=tasks[name]["description"],
                 )
                 say(
@@ -128,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{info.stored_bytes / 1024:6.0f} KiB stored vs {info.dense_bytes / 1024:6.0f} KiB dense"
                 )
 
-            say(f"\n== 4. one Generate per task: {FEW_SHOT} examples + a prompt they do not contain")
+            say(
+                f"\n== 4. one Generate per task: {FEW_SHOT} examples + a prompt they do not contain"
+            )
             base_only = merge_spec({"base": 1.0})
             scores: dict[str, tuple[int, int, int]] = {}
             for name, task in tasks.items():
@@ -138,29 +167,46 @@ def main(argv: list[str] | None = None) -> int:
                 r = client.generate(probe["input"], shots, max_tokens=48, stop=["\n"])
                 b = client.generate(probe["input"], merge=base_only, max_tokens=48, stop=["\n"])
                 top = sorted(r.merge.weights.items(), key=lambda kv: -kv[1])
-                weights = ", ".join(f"{k} {v:.2f}" for k, v in top[:3]) + (" ..." if len(top) > 3 else "")
+                weights = ", ".join(f"{k} {v:.2f}" for k, v in top[:3]) + (
+                    " ..." if len(top) > 3 else ""
+                )
                 say(f"\n   [{name}] {task['description']}")
-                say(f"     examples  {shots[0]['input']!r} -> {shots[0]['output']!r}, ... ({len(shots)})")
+                say(
+                    f"     examples  {shots[0]['input']!r} -> {shots[0]['output']!r}, ... ({len(shots)})"
+                )
                 say(f"     prompt    {probe['input']!r}   (expected {probe['output']!r})")
                 say(
                     f"     weights   {weights}   [scored {r.merge.scoring_seconds * 1000:.0f} ms, "
                     f"swap {r.merge.swap_seconds * 1000:.0f} ms]"
                 )
-                say(f"     cocktail  {r.text.strip()!r} {'OK' if r.text.strip() == probe['output'] else 'x'}")
-                say(f"     base      {b.text.strip()!r} {'OK' if b.text.strip() == probe['output'] else 'x'}")
+                say(
+                    f"     cocktail  {r.text.strip()!r} {'OK' if r.text.strip() == probe['output'] else 'x'}"
+                )
+                say(
+                    f"     base      {b.text.strip()!r} {'OK' if b.text.strip() == probe['output'] else 'x'}"
+                )
                 hits = 0
                 base_hits = 0
                 for e in held[: args.prompts]:
-                    hits += client.generate(e["input"], shots, max_tokens=48, stop=["\n"]).text.strip() == e["output"]
+                    hits += (
+                        client.generate(e["input"], shots, max_tokens=48, stop=["\n"]).text.strip()
+                        == e["output"]
+                    )
                     base_hits += (
-                        client.generate(e["input"], merge=base_only, max_tokens=48, stop=["\n"]).text.strip()
+                        client.generate(
+                            e["input"], merge=base_only, max_tokens=48, stop=["\n"]
+                        ).text.strip()
                         == e["output"]
                     )
                 scores[name] = (hits, base_hits, min(len(held), args.prompts))
 
-            say("\n   The same task again: the weights come from the cache, the merge is already live or hot")
+            say(
+                "\n   The same task again: the weights come from the cache, the merge is already live or hot"
+            )
             name, task = next(iter(tasks.items()))
-            r = client.generate(task["eval"][-1]["input"], task["few_shot"][:FEW_SHOT], max_tokens=48, stop=["\n"])
+            r = client.generate(
+                task["eval"][-1]["input"], task["few_shot"][:FEW_SHOT], max_tokens=48, stop=["\n"]
+            )
             say(
                 f"     weight cache hit: {r.merge.weight_cache_hit}   merge cache hit: {r.merge.merge_cache_hit}   "
                 f"swap {r.merge.swap_seconds * 1000:.1f} ms   scoring {r.merge.scoring_seconds * 1000:.1f} ms"
@@ -174,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"     {'all':<13} cocktail {total[0]:>2}/{n_all}   base {total[1]:>2}/{n_all}")
 
         say("\n== 5. a few metrics (Prometheus text, http://.../metrics)")
-        text = urllib.request.urlopen(  # noqa: S310  (loopback)
-            f"http://127.0.0.1:{ports['metrics_port']}/metrics", timeout=10
-        ).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics_port']}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
         wanted = (
             'cocktail_requests_total{code="OK",rpc="Generate"}',
             'cocktail_cache_hits_total{cache="task_weights"}',
@@ -190,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             if line.startswith(wanted):
                 say(f"   {line}")
     finally:
-        say("\n== stopping the gateway (SIGTERM: health goes NOT_SERVING, in-flight requests finish)")
+        say(
+            "\n== stopping the gateway (SIGTERM: health goes NOT_SERVING, in-flight requests finish)"
+        )
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
         say(f"   exited with code {code}; server log: {run / 'server.log'}")

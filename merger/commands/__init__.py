@@ -12,6 +12,7 @@ import importlib
 
 MODULES: tuple[str, ...] = (
     "merger.commands.compress",
+    "merger.commands.demo_family",
     "merger.commands.inspect",
     "merger.commands.merge",
     "merger.commands.mix",

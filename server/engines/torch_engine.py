@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cache.resident import load_resident_delta
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from cache.keys import BASE, Candidate, MergeKey
 from cache.lru import LRUCache
+from cache.resident import load_resident_delta
 from merger.cocktail.losses import make_scorer
 from merger.errors import ConfigError, NotFoundError
 from merger.io import Checkpoint, fingerprint
@@ -113,6 +114,7 @@ class TorchEngine(Engine):
         ckpt = Checkpoint(self.base_path)
         self._fingerprint = fingerprint(ckpt)
         ckpt.close()
+        hf_logging.disable_progress_bar()
         self._tokenizer = AutoTokenizer.from_pretrained(self.base_path)
         model = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=self.dtype)
         model.to(self.device).eval()
