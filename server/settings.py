@@ -75,7 +75,9 @@ class Scheduler(_Section):
     max_slice_seconds: float = Field(
         2.0, gt=0, description="how long one merge may hold the engine while others wait"
     )
-    batch_window_ms: float = Field(2.0, ge=0, description="wait this long to grow a batch")
+    batch_window_ms: float = Field(
+        0.0, ge=0, description="wait this long for more requests before starting a batch"
+    )
 
 
 class Settings(BaseSettings):
@@ -109,7 +111,7 @@ class Settings(BaseSettings):
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(50052, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(9400, ge=0, le=65535)
+    metrics_port: int = Field(9400, ge=-1, le=65535, description="-1 disables the metrics endpoint")
 
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

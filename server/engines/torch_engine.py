@@ -1,15 +1,23 @@
 """The embedded engine: a transformers model in this process, on a CPU or a GPU.
 
-Memory layout: the live model's parameters, a pristine copy of the base
-(θ₀), every registered delta as :class:`~merger.sparse.SparseTensor` per
-tensor, and the hot-merge cache (materialized merges, within a byte budget).
-A merge is materialized into the live parameters in place:
+Memory layout: the pristine base weights θ₀ (as loaded), every registered
+delta as :class:`~merger.sparse.SparseTensor` per tensor, and *weight sets*:
+one full set of tensors per materialized merge. The model's parameters point
+at one weight set at a time (``param.data = tensor``), so changing the live
+merge never copies weights that already exist:
 
 - already live: nothing to do;
-- in the hot-merge cache: one copy per tensor;
-- otherwise: :class:`~merger.materialize.MergePlan` per tensor (θ₀ copied, then
-  the sparse deltas scatter-added, or the method's dense function), then the
-  result is cached if it fits the budget.
+- the base: the parameters point back at θ₀;
+- in the hot-merge cache: the parameters point at the cached set (a pointer
+  swap per tensor — cheaper than the "one copy" DESIGN §4 allows);
+- otherwise: :class:`~merger.materialize.MergePlan` computes every tensor into
+  a free weight set (θ₀ copied, then the sparse deltas scatter-added, or the
+  method's dense function); the parameters then point at it, and it is cached
+  if it fits the budget.
+
+A set that is neither live nor cached is kept as the one spare, so misses
+reuse memory instead of allocating a model's worth each time. Peak memory:
+base + cached sets (within ``merge_bytes``) + at most two uncached sets.
 
 All torch work runs on one dedicated thread, so the asyncio loop stays
 responsive and no two torch calls race on the weights.
@@ -52,6 +60,13 @@ log = logging.getLogger(__name__)
 
 _WARMUP = Sampling(max_tokens=2)
 
+WeightSet = dict[str, torch.Tensor]
+
+
+def _set_bytes(weights: WeightSet) -> int:
+    return sum(t.numel() * t.element_size() for t in weights.values())
+
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -84,20 +99,23 @@ class TorchEngine(Engine):
         self._model: Any = None
         self._tokenizer: Any = None
         self._decoder: Decoder | None = None
-        self._params: dict[str, torch.Tensor] = {}
-        self._base: dict[str, torch.Tensor] = {}
+        self._params: dict[str, torch.nn.Parameter] = {}
+        self._base: WeightSet = {}
+        self._live_set: WeightSet = {}
+        self._spare: WeightSet | None = None
+        self._cached_sets: set[int] = set()  # ids of weight sets held by the merge cache
         self._deltas: dict[str, dict[str, SparseTensor]] = {}
         self._delta_bytes: dict[str, int] = {}
         self._fingerprint = ""
         self._num_layers: int | None = None
         self._live: MergeKey | None = None  # None: the base (or unknown after scoring)
-        self._live_is_base = False
         self._ready = False
         self.swaps = 0
-        self._merges: LRUCache[MergeKey, dict[str, torch.Tensor]] = LRUCache(
+        self._merges: LRUCache[MergeKey, WeightSet] = LRUCache(
             capacity_bytes=merge_cache_bytes,
-            weigh=lambda tensors: sum(t.numel() * t.element_size() for t in tensors.values()),
+            weigh=_set_bytes,
             listener=metrics.PrometheusCacheListener("merges"),
+            on_evict=self._evicted,
         )
 
     # -- lifecycle ---------------------------------------------------------------
@@ -120,10 +138,11 @@ class TorchEngine(Engine):
         model.to(self.device).eval()
         self._model = model
         self._num_layers = getattr(model.config, "num_hidden_layers", None)
-        # named_parameters() lists a tied weight once, under its first name.
-        self._params = {n: p.data for n, p in model.named_parameters()}
-        self._base = {n: t.detach().clone() for n, t in self._params.items()}
-        self._live_is_base = True
+        # named_parameters() lists a tied weight once, under its first name; the
+        # tied Parameter object is shared, so re-pointing it moves both uses.
+        self._params = dict(model.named_parameters())
+        self._base = {n: p.data for n, p in self._params.items()}
+        self._live_set = self._base
         self._decoder = Decoder(model, self._tokenizer)
         # Warm-up: one tiny forward so the first request does not pay for lazy init.
         self._decoder.run(
@@ -168,7 +187,7 @@ class TorchEngine(Engine):
 
     def _load_delta(self, path: Path) -> dict[str, SparseTensor]:
         tensors = load_resident_delta(path, self.device)
-        unknown = sorted(set(tensors) - set(self._params))
+        unknown = sorted(set(tensors) - set(self._base))
         if unknown:
             raise ConfigError(f"delta {path} has tensors the base model lacks: {unknown[:5]}")
         return tensors
@@ -183,7 +202,6 @@ class TorchEngine(Engine):
         self._merges.evict_where(lambda key: key.uses(name))
         if self._live is not None and self._live.uses(name):
             self._live = None
-            self._live_is_base = False
 
     def delta_names(self) -> dict[str, int]:
         return dict(self._delta_bytes)
@@ -197,41 +215,66 @@ class TorchEngine(Engine):
         deltas = [None if n == BASE else self._deltas[n] for n in plan.members]
         return plan, deltas
 
+    # -- weight sets ---------------------------------------------------------------
+    def _bind(self, weights: WeightSet) -> None:
+        """Point the model's parameters at ``weights``; the previous set is retired."""
+        previous = self._live_set
+        for name, param in self._params.items():
+            param.data = weights[name]
+        self._live_set = weights
+        if previous is not weights:
+            self._retire(previous)
+
+    def _retire(self, weights: WeightSet) -> None:
+        if weights is self._base or id(weights) in self._cached_sets:
+            return
+        if self._spare is None:
+            self._spare = weights
+
+    def _evicted(self, key: MergeKey, weights: WeightSet) -> None:
+        self._cached_sets.discard(id(weights))
+        if weights is not self._live_set and self._spare is None:
+            self._spare = weights
+
+    def _scratch(self) -> WeightSet:
+        """A weight set nothing else references: the spare, or new memory."""
+        if self._spare is not None:
+            weights, self._spare = self._spare, None
+            return weights
+        return {n: torch.empty_like(t) for n, t in self._base.items()}
+
     def _materialize(
-        self, merge: MergeKey, plan: MergePlan, deltas: list[dict[str, SparseTensor] | None]
-    ) -> None:
-        for name, live in self._params.items():
+        self, plan: MergePlan, deltas: list[dict[str, SparseTensor] | None]
+    ) -> WeightSet:
+        out = self._scratch()
+        for name, base in self._base.items():
             plan.tensor(
                 name,
-                self._base[name],
+                base,
                 [None if d is None else d.get(name) for d in deltas],
                 num_layers=self._num_layers,
-                out=live,
+                out=out[name],
             )
+        return out
 
     def _apply_sync(self, merge: MergeKey, cache: bool = True) -> SwapResult:
         if self._live == merge:
             return SwapResult(seconds=0.0, cache_hit=True, changed=False)
         t0 = time.perf_counter()
+        cached = None if merge.is_base or not cache else self._merges.get(merge)
         if merge.is_base:
-            if not self._live_is_base:
-                for name, live in self._params.items():
-                    live.copy_(self._base[name])
+            self._bind(self._base)
             source, hit = "cache", True
-            self._live_is_base = True
+        elif cached is not None:
+            self._bind(cached)
+            source, hit = "cache", True
         else:
-            cached = self._merges.get(merge) if cache else None
-            if cached is not None:
-                for name, live in self._params.items():
-                    live.copy_(cached[name])
-                source, hit = "cache", True
-            else:
-                plan, deltas = self._plan(merge)
-                self._materialize(merge, plan, deltas)
-                source, hit = "compute", False
-                if cache and self._merges.fits(self._state_bytes()):
-                    self._merges.put(merge, {n: t.clone() for n, t in self._params.items()})
-            self._live_is_base = False
+            plan, deltas = self._plan(merge)
+            weights = self._materialize(plan, deltas)
+            if cache and self._merges.put(merge, weights):
+                self._cached_sets.add(id(weights))
+            self._bind(weights)
+            source, hit = "compute", False
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
@@ -240,9 +283,6 @@ class TorchEngine(Engine):
         metrics.SWAPS.inc()
         metrics.SWAP_SECONDS.labels(source).observe(seconds)
         return SwapResult(seconds=seconds, cache_hit=hit, changed=True)
-
-    def _state_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._params.values())
 
     async def apply(self, merge: MergeKey) -> SwapResult:
         return await self._run(self._apply_sync, merge)
@@ -323,7 +363,9 @@ class TorchEngine(Engine):
     def stats(self) -> EngineStats:
         return EngineStats(
             kind=self.kind,
-            live_merge="" if self._live is None or self._live_is_base else str(self._live),
+            live_merge=""
+            if self._live is None or self._live_set is self._base
+            else str(self._live),
             resident_delta_bytes=sum(self._delta_bytes.values()),
             deltas=len(self._deltas),
             merges=self._merges.snapshot(),
