@@ -2,10 +2,10 @@
 
 Layout under the store root::
 
-    <name>/                      a committed delta (merger.delta format)
-    .<name>.tmp-<pid>-<rand>/    a delta being written (never read)
-    .<name>.replace-<id>/        a complete replacement waiting for its swap
-    .trash-<name>-<id>/          a removed or replaced delta being deleted
+    <name>/                               a committed delta (merger.delta format)
+    .<name>.tmp-<host>-<pid>-<rand>/      a delta being written (never read)
+    .<name>.replace-<host>-<pid>-<rand>/  a complete replacement waiting for its swap
+    .trash-<name>-<id>/                   a removed or replaced delta being deleted
 
 Every change is a rename, so a crash at any point leaves the store readable:
 
@@ -20,11 +20,16 @@ Every change is a rename, so a crash at any point leaves the store readable:
 
 The store is shared by replicas (a ReadWriteMany volume): each one rescans it
 (:meth:`DeltaStore.scan`) and only ever acts on renames, which are atomic on
-POSIX file systems.
+POSIX file systems. A replica that starts while another one is replacing a
+delta must not undo that replace: recovery rolls a replacement back only when
+its writer is dead (the writer's host and pid are in its name, as for
+temporary directories), and the writer finishes its swap even if a starting
+replica rolled it forward first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from merger.delta.format import stale_tmp
+from merger.delta.format import _host_tag, stale_tmp
 from merger.delta.manifest import MANIFEST_FILE, DeltaManifest, load_manifest
 from merger.errors import ConfigError, MergeError, NotFoundError
 
@@ -111,6 +116,21 @@ class DeltaRecord:
         )
 
 
+_REPLACE_RE = re.compile(r"\.(.+)\.replace-([^.]+)")
+
+
+def _replace_writer_dead(entry: Path, name: str) -> bool:
+    """Whether the process that staged replacement ``entry`` can no longer swap it in.
+
+    Replacements named before writers were tagged (``.<name>.replace-<hex>``)
+    carry no writer: they count as dead, as they did then.
+    """
+    suffix = entry.name[len(f".{name}.replace-") :]
+    if re.fullmatch(r"[0-9a-f]+", suffix):
+        return True
+    return stale_tmp(entry, f".{name}.replace-")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -159,19 +179,37 @@ class DeltaStore:
         return records
 
     # -- recovery ----------------------------------------------------------------
+    def replacing(self) -> set[str]:
+        """Names with a complete replacement waiting for its swap (``<name>`` may be missing
+        for a moment while the swap runs)."""
+        out = set()
+        for entry in self.root.iterdir():
+            m = _REPLACE_RE.fullmatch(entry.name)
+            if m and (entry / MANIFEST_FILE).is_file():
+                out.add(m.group(1))
+        return out
+
     def recover(self) -> None:
-        """Finish or undo replaces interrupted by a crash; delete trash and dead writers' files."""
+        """Finish or undo replaces interrupted by a crash; delete trash and dead writers' files.
+
+        Safe while other replicas write: a replacement whose writer may still be
+        alive is left alone, and rolling one forward only completes a swap that
+        had already moved the old delta away.
+        """
         for entry in sorted(self.root.iterdir()):
-            m = re.fullmatch(r"\.(.+)\.replace-[0-9a-f]+", entry.name)
+            m = _REPLACE_RE.fullmatch(entry.name)
             if m and entry.is_dir():
-                target = self.root / m.group(1)
+                name = m.group(1)
+                target = self.root / name
                 if target.exists():
-                    log.warning("rolling back an unfinished replace of %s", m.group(1))
-                    shutil.rmtree(entry, ignore_errors=True)
+                    if _replace_writer_dead(entry, name):
+                        log.warning("rolling back an unfinished replace of %s", name)
+                        shutil.rmtree(entry, ignore_errors=True)
                 elif (entry / MANIFEST_FILE).is_file():
-                    log.warning("rolling forward an interrupted replace of %s", m.group(1))
-                    os.replace(entry, target)
-                    _fsync_dir(self.root)
+                    log.warning("rolling forward an interrupted replace of %s", name)
+                    with contextlib.suppress(FileNotFoundError):  # its writer finished first
+                        os.replace(entry, target)
+                        _fsync_dir(self.root)
             elif entry.name.startswith(".trash-") and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             elif (
@@ -184,21 +222,27 @@ class DeltaStore:
 
     # -- writing -----------------------------------------------------------------
     def replacement_path(self, name: str) -> Path:
-        return self.root / f".{check_name(name)}.replace-{secrets.token_hex(4)}"
+        tag = f"{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+        return self.root / f".{check_name(name)}.replace-{tag}"
 
     def commit_replacement(self, name: str, staged: Path) -> None:
         """Swap a fully written ``staged`` delta in for ``name`` (which may not exist)."""
         target = self.path_of(name)
+        trash = None
         if target.exists():
             trash = self.root / f".trash-{name}-{secrets.token_hex(4)}"
             os.replace(target, trash)
             _fsync_dir(self.root)
+        try:
             os.replace(staged, target)
-            _fsync_dir(self.root)
+        except FileNotFoundError:
+            # A replica starting between our two renames rolled our replacement
+            # forward (recover): the swap is done.
+            if not (target / MANIFEST_FILE).is_file():
+                raise
+        _fsync_dir(self.root)
+        if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staged, target)
-            _fsync_dir(self.root)
 
     def remove(self, name: str) -> None:
         target = self.path_of(name)

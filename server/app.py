@@ -169,7 +169,7 @@ class GatewayServer:
         while True:
             await asyncio.sleep(self.settings.store_poll_seconds)
             try:
-                await self.registry.sync()
+                await self.registry.sync(in_use=self.service.uses)
             except Exception:
                 log.exception("delta store sync failed; will retry")
 

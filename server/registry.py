@@ -7,7 +7,13 @@ of the candidate set at once, renames it away on disk, waits for queued and
 running requests that use it, then drops it from the engine.
 
 Replicas that share the store converge through :meth:`Registry.sync`, which
-the server runs every ``store_poll_seconds``.
+the server runs every ``store_poll_seconds``: a delta registered or removed
+through one replica is served (or no longer offered) by every other one
+within that time plus the time to load it. A sync removes a delta the way
+RemoveDelta does (out of the candidate set at once, out of the engine once no
+queued or running request uses it); it keeps a delta whose replacement is
+being swapped in (the name is briefly missing on disk); and it reports a delta
+it cannot use (another base, a broken file) once, not at every poll.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ class Registry:
         self.allowed_roots = allowed_roots
         self.drain_seconds = drain_seconds
         self._records: dict[str, DeltaRecord] = {}
+        self._refused: dict[str, str] = {}  # name -> delta_id that cannot be loaded here
         self._lock = asyncio.Lock()
         self.generation = 0
 
@@ -125,22 +132,37 @@ class Registry:
             await asyncio.to_thread(self.store.recover)
             await self._sync_locked()
 
-    async def sync(self) -> bool:
-        """Pick up deltas registered or removed by other replicas; True if anything changed."""
-        async with self._lock:
-            return await self._sync_locked()
+    async def sync(self, in_use: Callable[[str], bool] | None = None) -> bool:
+        """Pick up deltas registered or removed by other replicas; True if anything changed.
 
-    async def _sync_locked(self) -> bool:
-        on_disk = await asyncio.to_thread(self.store.scan)
-        changed = False
-        for name in sorted(set(self._records) - set(on_disk)):
+        ``in_use(name)`` tells whether a queued or running request uses a
+        variant; a removed variant stays in the engine until it does not (at
+        most ``drain_seconds``).
+        """
+        async with self._lock:
+            return await self._sync_locked(in_use)
+
+    async def _sync_locked(self, in_use: Callable[[str], bool] | None = None) -> bool:
+        on_disk, replacing = await asyncio.to_thread(
+            lambda: (self.store.scan(), self.store.replacing())
+        )
+        for name in set(self._refused) - set(on_disk):
+            del self._refused[name]
+        gone = sorted(set(self._records) - set(on_disk) - replacing)
+        for name in gone:
             self._records.pop(name)
-            await self.engine.remove_delta(name)
             log.info("delta %s was removed from the store", name)
-            changed = True
+        if gone:
+            self._publish()  # no new request picks them from now on
+        for name in gone:
+            await self._wait_unused(name, in_use)
+            await self.engine.remove_delta(name)
+        changed = bool(gone)
         for name, rec in on_disk.items():
             current = self._records.get(name)
             if current is not None and current.delta_id == rec.delta_id:
+                continue
+            if self._refused.get(name) == rec.delta_id:
                 continue
             if rec.manifest.base.fingerprint != self.engine.base_fingerprint:
                 log.error(
@@ -149,18 +171,31 @@ class Registry:
                     rec.manifest.base.fingerprint,
                     self.engine.base_fingerprint,
                 )
+                self._refused[name] = rec.delta_id
                 continue
             try:
                 await self.engine.add_delta(name, rec.path)
-            except (MergeError, OSError) as e:
-                log.error("skipping delta %s: %s", name, e)
+            except OSError as e:  # perhaps removed or replaced meanwhile: look again next time
+                log.warning("could not load delta %s yet: %s", name, e)
                 continue
+            except MergeError as e:
+                log.error("skipping delta %s: %s", name, e)
+                self._refused[name] = rec.delta_id
+                continue
+            self._refused.pop(name, None)
             self._records[name] = rec
             log.info("loaded delta %s (%d kept values, %d bytes)", name, rec.nnz, rec.stored_bytes)
             changed = True
         if changed:
             self._publish()
         return changed
+
+    async def _wait_unused(self, name: str, in_use: Callable[[str], bool] | None) -> None:
+        if in_use is None:
+            return
+        deadline = asyncio.get_running_loop().time() + self.drain_seconds
+        while in_use(name) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
     # -- admin -------------------------------------------------------------------
     async def register(self, name: str, source_path: str, opts: RegisterOptions) -> DeltaRecord:
@@ -215,9 +250,7 @@ class Registry:
                 await asyncio.to_thread(self.store.remove, name)
             except MergeError as e:
                 raise IncompatibleError(str(e)) from e
-            deadline = asyncio.get_running_loop().time() + self.drain_seconds
-            while in_use(name) and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
+            await self._wait_unused(name, in_use)
             await self.engine.remove_delta(name)
             log.info("removed delta %s", name)
             return record
