@@ -72,3 +72,14 @@ def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> d
     if len(hits) != 1:
         raise LookupError(f"expected one {kind} {name or ''}, found {len(hits)}")
     return hits[0]
+
+
+@pytest.fixture(scope="session")
+def variant_sources(models_dir: Path, tiny_llama: Path) -> Path:
+    """Allowed source root with fine-tunes v0..v2, different enough to change greedy tokens."""
+    from tests.fixtures.models import make_finetuned
+
+    root = models_dir / "deploy-sources"
+    for i in range(3):
+        make_finetuned(tiny_llama, root / f"v{i}", seed=300 + i, scale=0.3)
+    return root
