@@ -198,6 +198,8 @@ def test_gpu_pods_take_one_gpu_and_shared_memory(
     assert next(m for m in c["volumeMounts"] if m["name"] == "dshm")["mountPath"] == "/dev/shm"
     s = settings_of(objects, tmp_path)
     assert (s.engine, s.device) == ("vllm", "cuda")
+    # Every admissible request fits vLLM's context.
+    assert s.limits.max_prompt_tokens + s.limits.max_tokens <= s.vllm["max_model_len"]
 
 
 def test_cpu_dev_runs_the_torch_engine_without_gpu(
