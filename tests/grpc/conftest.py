@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from server.app import GatewayServer
+from server.engines.base import Engine
 from server.pb.cocktail.v1 import gateway_pb2 as pb
 from server.pb.cocktail.v1 import gateway_pb2_grpc as pb_grpc
 from server.settings import load_settings
@@ -62,8 +63,10 @@ def other_base(models_dir: Path) -> Path:
 
 @asynccontextmanager
 async def running_gateway(
-    tmp: Path, base: Path, sources: Path, **overrides: Any
+    tmp: Path, base: Path, sources: Path, *, engine: Engine | None = None, **overrides: Any
 ) -> AsyncIterator[Gateway]:
+    """A gateway on port 0; ``engine``: an already started engine to serve with (the
+    gateway starts it again, which must be a no-op, and stops it on exit)."""
     tmp.mkdir(parents=True, exist_ok=True)
     token_file = tmp / "admin-token"
     token_file.write_text(TOKEN + "\n")
@@ -82,7 +85,7 @@ async def running_gateway(
             **overrides,
         },
     )
-    server = GatewayServer(settings)
+    server = GatewayServer(settings, engine)
     await server.start()
     ch = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     admin_ch = grpc.aio.insecure_channel(f"127.0.0.1:{server.admin_port}")
