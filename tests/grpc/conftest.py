@@ -63,9 +63,9 @@ def other_base(models_dir: Path) -> Path:
 
 @asynccontextmanager
 async def running_gateway(
-    tmp: Path, base: Path, sources: Path, *, engine: Engine | None = None, **overrides: Any
+    tmp: Path, base: Path, sources: Path, *, serve_with: Engine | None = None, **overrides: Any
 ) -> AsyncIterator[Gateway]:
-    """A gateway on port 0; ``engine``: an already started engine to serve with (the
+    """A gateway on port 0; ``serve_with``: an already started engine to serve with (the
     gateway starts it again, which must be a no-op, and stops it on exit)."""
     tmp.mkdir(parents=True, exist_ok=True)
     token_file = tmp / "admin-token"
@@ -85,7 +85,7 @@ async def running_gateway(
             **overrides,
         },
     )
-    server = GatewayServer(settings, engine)
+    server = GatewayServer(settings, serve_with)
     await server.start()
     ch = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     admin_ch = grpc.aio.insecure_channel(f"127.0.0.1:{server.admin_port}")
