@@ -204,9 +204,9 @@ class CocktailWorkerExtension:
         from merger.cocktail.losses import make_scorer
 
         ck = self._ck
-        plans = {
-            c: ck.weights.plan(MergeRequest("linear", {c: 1.0})) for c in candidates if c != BASE
-        }
+        requests = {c: MergeRequest("linear", {c: 1.0}) for c in candidates if c != BASE}
+        for request in requests.values():
+            ck.weights.plan(request)  # every candidate is known before any is scored
         scorers = [
             make_scorer(
                 "decoder",
@@ -225,8 +225,7 @@ class CocktailWorkerExtension:
                 if cand == BASE:
                     self._ck_assign(dict(ck.weights.base_tensors()))
                 else:
-                    plan, deltas = plans[cand]
-                    self._ck_assign(dict(ck.weights._compute(plan, deltas, None)))
+                    self._ck_assign(dict(ck.weights.compute(requests[cand])))
                 for i, scorer in enumerate(scorers):
                     losses[i][cand] = scorer.loss(ck.scorer_model)
         finally:

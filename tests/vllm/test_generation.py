@@ -11,7 +11,7 @@ import pytest
 
 from server.engines.base import Engine, Finished, GenerationRequest, Sampling
 from server.errors import InvalidArgument
-from tests.vllm.util import PROMPTS, generate, key
+from tests.vllm.util import PROMPTS, generate, key, texts
 
 
 async def consume(request: GenerationRequest, log: list[int], i: int) -> tuple[str, Finished]:
@@ -100,3 +100,27 @@ async def test_prompt_longer_than_max_model_len_is_invalid(engines: tuple[Any, E
     vllm, _ = engines
     with pytest.raises(InvalidArgument, match=r"max_model_len is 512"):
         await generate(vllm, "x" * 600)
+
+
+async def test_a_swap_waits_for_requests_still_running_in_vllm(
+    engines: tuple[Any, Engine], vstore: Path
+) -> None:
+    """The scheduler never swaps under running requests; should one still be running
+    (here: started behind its back), the engine pauses vLLM until it is done."""
+    vllm, torch_ = engines
+    a = key(vstore, "linear", {"v0": 1.0})
+    b = key(vstore, "linear", {"v1": 1.0})
+    await torch_.apply(a)
+    want = await generate(torch_, PROMPTS[0], 300)
+    await vllm.apply(a)
+    long = GenerationRequest("long", PROMPTS[0], Sampling(max_tokens=300))
+    stream = asyncio.create_task(vllm.generate([long]))
+    seen: list[int] = []
+    consumer = asyncio.create_task(consume(long, seen, 0))
+    while not seen and not consumer.done():
+        await asyncio.sleep(0.001)
+    swap = await vllm.apply(b)
+    assert stream.done() and swap.changed  # apply returned only once the request ended
+    assert await consumer == want  # every token under A
+    await torch_.apply(b)
+    assert await texts(vllm) == await texts(torch_)
