@@ -87,6 +87,7 @@ class VllmEngine(Engine):
         self._background: set[asyncio.Task[Any]] = set()
         self._rpc_lock = asyncio.Lock()
         self._ids = itertools.count()
+        self._eos_ids: frozenset[int] = frozenset()
         self._merges: LRUCache[MergeKey, int] = LRUCache(
             capacity_bytes=settings.caches.merge_bytes,
             weigh=lambda nbytes: nbytes,
@@ -131,13 +132,21 @@ class VllmEngine(Engine):
         )
 
     def _load_local(self) -> tuple[Any, str]:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         from merger.io import Checkpoint, fingerprint
 
         with Checkpoint(self.base_path) as ckpt:
             fp = fingerprint(ckpt)
-        return AutoTokenizer.from_pretrained(self.base_path), fp
+        tokenizer = AutoTokenizer.from_pretrained(self.base_path)
+        # The end-of-sequence ids, as the torch engine's decoder finds them.
+        try:
+            gen = GenerationConfig.from_pretrained(self.base_path)
+        except OSError:
+            gen = GenerationConfig.from_model_config(AutoConfig.from_pretrained(self.base_path))
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+        self._eos_ids = frozenset(eos if isinstance(eos, list | tuple) else [eos]) - {None}
+        return tokenizer, fp
 
     async def _warm_up(self) -> None:
         request = GenerationRequest("warm-up", "warm up", _WARMUP)
@@ -334,7 +343,7 @@ class VllmEngine(Engine):
         self, request: GenerationRequest, prompt: Any, params: Any, rid: str
     ) -> tuple[int, str]:
         """Feed one request's text into its queue; returns (completion tokens, finish reason)."""
-        tokens, reason, first = 0, "cancelled", True
+        tokens, reason, first, last = 0, "cancelled", True, -1
         stream = self._llm.generate(prompt, params, rid)
         try:
             async for out in stream:
@@ -346,13 +355,14 @@ class VllmEngine(Engine):
                     return tokens, "cancelled"
                 piece = out.outputs[0]
                 tokens += len(piece.token_ids)
+                last = piece.token_ids[-1] if piece.token_ids else last
                 if piece.text:
                     request.out.put_nowait(piece.text)
                 if out.finished:
                     reason = _FINISH.get(piece.finish_reason or "", "stop")
                     # The torch engine does not count an end-of-sequence token.
-                    if piece.finish_reason == "stop" and piece.stop_reason is None:
-                        tokens -= 1
+                    if reason == "stop" and not isinstance(piece.stop_reason, str):
+                        tokens -= last in self._eos_ids
         finally:
             await stream.aclose()
         return tokens, reason

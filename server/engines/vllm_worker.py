@@ -181,13 +181,14 @@ class CocktailWorkerExtension:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         ck = self._ck
+        first = next(iter(ck.weights.base.values()))
         ck.tokenizer = AutoTokenizer.from_pretrained(ck.base_dir)
-        model = AutoModelForCausalLM.from_pretrained(
-            ck.base_dir, dtype=next(iter(ck.weights.base.values())).dtype
-        )
-        model.requires_grad_(False).eval()
-        ck.scorer_model = model.to(next(iter(ck.weights.base.values())).device)
+        # Loaded on the CPU, then its parameters are replaced by the base's own tensors
+        # (its copy is freed) and only the buffers (rotary tables) move to the device.
+        model = AutoModelForCausalLM.from_pretrained(ck.base_dir, dtype=first.dtype)
+        ck.scorer_model = model.requires_grad_(False).eval()
         self._ck_assign(dict(ck.weights.base_tensors()))
+        model.to(first.device)
 
     def _ck_assign(self, state: dict[str, torch.Tensor]) -> None:
         if self._ck.tied and "lm_head.weight" not in state:
