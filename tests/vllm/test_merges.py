@@ -125,3 +125,28 @@ async def test_typed_errors_cross_the_rpc_and_leave_the_weights_alone(
     # Refused before the worker touched the model: still merge a, and known to be.
     assert not (await vllm.apply(a)).changed
     assert await texts(vllm) == before
+
+
+async def test_pinned_merges_stay_and_removed_deltas_leave_the_worker(
+    engines: tuple[Any, Engine], vstore: Path
+) -> None:
+    vllm, _ = engines
+    vllm.evict_merges()
+    pinned = key(vstore, "ties", {"v0": 0.5, "v1": 0.5}, density=0.5)
+    uses_v2 = key(vstore, "linear", {"v2": 1.0, "base": 0.5})
+    vllm.pin(pinned)
+    await vllm.apply(pinned)
+    await vllm.apply(uses_v2)
+    assert vllm.evict_merges() == 1  # the pinned one stays
+    assert (await vllm.apply(pinned)).cache_hit
+    assert not (await vllm.apply(uses_v2)).cache_hit  # computed again, and kept again
+    kept = await vllm._rpc("cocktail_drop_merges", [])
+    assert kept["kept"] == sorted([pinned.digest, uses_v2.digest])
+    await vllm.remove_delta("v2")
+    assert "v2" not in vllm.delta_names()
+    assert (await vllm._rpc("cocktail_drop_merges", []))["kept"] == [pinned.digest]
+    with pytest.raises(NotFoundError, match="not registered: v2"):
+        await vllm.apply(uses_v2)
+    assert (await vllm.apply(pinned)).cache_hit
+    vllm.unpin(pinned)
+    assert vllm.evict_merges() == 1
