@@ -88,6 +88,9 @@ class VllmEngine(Engine):
         self._rpc_lock = asyncio.Lock()
         self._ids = itertools.count()
         self._eos_ids: frozenset[int] = frozenset()
+        # A budget of 0 keeps no merge (LRUCache would read 0 as "unbounded"): kept merges
+        # are whole copies of the weights, on the GPU when the model is there.
+        self._keep = settings.caches.merge_bytes > 0
         self._merges: LRUCache[MergeKey, int] = LRUCache(
             capacity_bytes=settings.caches.merge_bytes,
             weigh=lambda nbytes: nbytes,
@@ -115,11 +118,15 @@ class VllmEngine(Engine):
         # Start-up blocks for seconds (it spawns and waits for the engine processes):
         # off the event loop, so health checks keep answering NOT_SERVING meanwhile.
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, AsyncEngineArgs(**kwargs))
-        self.max_model_len = int(self._llm.model_config.max_model_len)
-        self.worker_info = await self._rpc("cocktail_init", str(self.base_path), self.seed)
-        self._state_bytes = int(self.worker_info["state_bytes"])
-        self._live = BASE_KEY
-        await self._warm_up()
+        try:
+            self.max_model_len = int(self._llm.model_config.max_model_len)
+            self.worker_info = await self._rpc("cocktail_init", str(self.base_path), self.seed)
+            self._state_bytes = int(self.worker_info["state_bytes"])
+            self._live = BASE_KEY
+            await self._warm_up()
+        except BaseException:
+            await self.stop()  # no orphaned engine processes
+            raise
         self._ready = True
         log.info(
             "vllm engine ready in %.1f s: %s (%s on %s), max_model_len %d, kept-merge size %d bytes",
@@ -229,7 +236,7 @@ class VllmEngine(Engine):
             raise NotFoundError(f"variant(s) not registered: {', '.join(missing)}")
         if merge.is_base:
             return {"base": True}
-        if self._merges.get(merge) is None and self._merges.fits(self._state_bytes):
+        if self._merges.get(merge) is None and self._keep and self._merges.fits(self._state_bytes):
             self._merges.put(merge, self._state_bytes)
         return {
             "key": merge.digest,

@@ -81,8 +81,7 @@ def engine_settings(base: Path, store: Path, **overrides: Any) -> Settings:
         delta_store=store,
         engine="vllm",
         vllm={"kv_cache_memory_bytes": 64 << 20, "max_model_len": 512, "max_num_seqs": 16},
-        caches={"merge_bytes": int(state_bytes(base) * 2.5)},
-        **overrides,
+        **{"caches": {"merge_bytes": int(state_bytes(base) * 2.5)}, **overrides},
     )
 
 

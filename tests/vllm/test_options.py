@@ -68,3 +68,15 @@ def test_make_engine_builds_the_vllm_engine_without_starting_it(vbase: Path, vst
     engine = make_engine(engine_settings(vbase, vstore))
     assert isinstance(engine, VllmEngine) and not engine.ready
     assert engine.kind == "vllm" and engine.concurrent_batches
+
+
+def test_a_zero_merge_budget_keeps_no_merge(vbase: Path, vstore: Path) -> None:
+    from server.engines.vllm_engine import VllmEngine
+    from tests.vllm.util import key
+
+    merge = key(vstore, "linear", {"v0": 1.0})
+    for budget, keep in ((0, False), (10**6, True)):
+        engine = VllmEngine(engine_settings(vbase, vstore, caches={"merge_bytes": budget}))
+        engine._deltas, engine._state_bytes = {"v0": 1}, 1000  # as after start + add_delta
+        assert engine._spec(merge)["keep"] is keep
+        assert engine.stats().merges.entries == int(keep)
