@@ -65,7 +65,9 @@ class Scoring(_Section):
 
 class Caches(_Section):
     task_weights_entries: int = Field(4096, ge=0)
-    merge_bytes: int = Field(2 * 1024**3, ge=0, description="hot-merge cache budget")
+    merge_bytes: int = Field(
+        2 * 1024**3, ge=0, description="hot-merge cache budget in bytes; 0 keeps no merge"
+    )
 
     _coerce = field_validator("merge_bytes", mode="before")(_bytes)
 

@@ -112,7 +112,8 @@ class TorchEngine(Engine):
         self._ready = False
         self.swaps = 0
         self._merges: LRUCache[MergeKey, WeightSet] = LRUCache(
-            capacity_bytes=merge_cache_bytes,
+            # The cache's 0 means unbounded; the setting's 0 means keep none.
+            capacity_bytes=max(merge_cache_bytes, 1),
             weigh=_set_bytes,
             listener=metrics.PrometheusCacheListener("merges"),
             on_evict=self._evicted,

@@ -196,3 +196,18 @@ async def test_concurrent_tasks_never_see_each_others_weights(
             assert r.text == expected[mi, p], (mi, p)
         stats = await gw.admin.GetStats(pb.GetStatsRequest(), metadata=gw.auth)
         assert stats.queue_depth == 0 and stats.in_flight == 0
+
+
+async def test_merge_bytes_zero_keeps_no_merge(
+    tmp_path: Path, tiny_llama: Path, sources: Path
+) -> None:
+    async with running_gateway(tmp_path, tiny_llama, sources, caches={"merge_bytes": 0}) as gw:
+        for i in range(2):
+            await gw.register(f"v{i}", sources / f"v{i}")
+        a, b = spec("linear", {"v0": 1.0}), spec("linear", {"v1": 1.0})
+        await gw.generate("moon =", merge=a)
+        await gw.generate("moon =", merge=b)
+        again = await gw.generate("moon =", merge=a)
+        assert not again.merge.merge_cache_hit
+        stats = await gw.admin.GetStats(pb.GetStatsRequest(), metadata=gw.auth)
+        assert stats.merges.entries == 0
