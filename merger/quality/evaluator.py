@@ -67,7 +67,7 @@ def linear_config(weights: Mapping[str, float], paths: Mapping[str, PathLike]) -
     """A mergekit ``linear`` config: θ = Σ wᵢ θᵢ over ``paths[name]`` (base included as a model)."""
     if not weights:
         raise ConfigError("a linear merge needs at least one model with a weight")
-    return {
+    config: dict[str, Any] = {
         "merge_method": "linear",
         "models": [
             {"model": str(paths[n]), "parameters": {"weight": float(w)}}
@@ -77,6 +77,9 @@ def linear_config(weights: Mapping[str, float], paths: Mapping[str, PathLike]) -
         "parameters": {"normalize": False},
         "dtype": "float32",
     }
+    if "base" in paths:  # delta folders carry no tokenizer; the base has it
+        config["tokenizer_source"] = str(paths["base"])
+    return config
 
 
 def method_config(
@@ -172,7 +175,7 @@ class Evaluator:
     def exact_match(
         self, examples: Sequence[Example], prompt: PromptFn | None = None, context: str = ""
     ) -> Cell:
-        """Greedy exact match of the loaded weights (see :mod:`merger.demo.evaluate`).
+        """Greedy exact match of the loaded weights' first answer line (:mod:`merger.demo.evaluate`).
 
         ``prompt(context, input)`` rewrites each input (e.g. to put examples in
         front); by default the model sees the input alone.
@@ -181,7 +184,9 @@ class Evaluator:
         budget = answer_budget(self.tokenizer, examples)
         with torch.no_grad():
             preds = generate_greedy(self.model, self.tokenizer, prompts, max_new_tokens=budget)
-        return Cell.score([p.strip() for p in preds], [e.output for e in examples])
+        # The answer is the first line (models whose tokenizer has no newline token go on).
+        answers = [p.split("\n", 1)[0].strip() for p in preds]
+        return Cell.score(answers, [e.output for e in examples])
 
     def evaluate(
         self, eval_sets: Mapping[str, Sequence[Example]], tasks: Sequence[str] | None = None

@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES: tuple[str, ...] = ("server.commands.serve", "server.commands.client", "server.commands.eval")
+MODULES: tuple[str, ...] = (
+    "server.commands.serve",
+    "server.commands.client",
+    "server.commands.eval",
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
