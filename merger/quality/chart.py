@@ -61,9 +61,10 @@ def write_chart(res: Results, path: str | os.PathLike[str]) -> Path:
             ax.bar(xs, ys, width, label=label, color=color)
         ax.set_xticks(range(len(res.tasks)), res.tasks, rotation=20)
         ax.set_ylabel("exact match (%)")
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 130)
+        ax.set_yticks(range(0, 101, 20))
         ax.set_title("Per task (held-out examples)")
-        ax.legend(fontsize=8, ncol=2, loc="lower right")
+        ax.legend(fontsize=8, ncol=3, loc="upper center")
 
         ax = axes[1]
         base = 100 * (res.rows["base"].mean(res.tasks) or 0.0)

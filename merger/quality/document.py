@@ -67,7 +67,8 @@ def findings(res: Results) -> list[str]:
         p = key.split("=")[1]
         out.append(
             f"DARE at p = {p} on each variant: {rp.pct(a)} → {rp.pct(b)} on its own task "
-            f"(DARE: 90% of the delta can be dropped without losing ability) — "
+            f"(DARE: 90%, for large models even 99%, of the delta can be dropped without "
+            f"losing ability) — "
             f"{_agree(b >= a - k)}."
         )
     return out

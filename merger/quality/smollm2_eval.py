@@ -117,8 +117,15 @@ def measure(base: Path, adapters: dict[str, Path], work: Path, recipe: SmolRecip
                 row.cells.update({f"{t}->{s}": c for s, c in cells.items()})
                 row.cells[t] = cells[t]
                 eval_loss[t][f"p={rate:g}"] = ev.losses(evals[t], {t: stored[rate][t]})[t]
+        row = res.add(Row("variant_magnitude", f"variant, magnitude top-{1 - p:g} (p={p:g})", "single"))  # fmt: skip
         for t in tasks:
             eval_loss[t]["base"] = ev.losses(evals[t], {BASE: base})[BASE]
+            out = work / "deltas" / f"{t}-magnitude-p{p:g}"
+            if not (out / "manifest.json").is_file():
+                compress_delta(adapters[t], base, out, drop_rate=p, strategy="magnitude")
+            ev.load(out)
+            row.cells[t] = ev.exact_match(evals[t])
+            eval_loss[t]["magnitude"] = ev.losses(evals[t], {t: out})[t]
         log("base and variants measured")
         exact, served = stored[0.0], stored[p]
         pair = res.add(Row("pair", "variant + base, 0.5 / 0.5 (exact deltas)", "per-task"))
@@ -173,9 +180,9 @@ def report(res: Results, recipe: SmolRecipe, meta: dict[str, Any]) -> str:
         e = loss[t]["p=0"]
         within = loss[t][checked] <= e * (1 + recipe.loss_margin)
         ok &= within
-        cells = [f"{loss[t][r]:.3f} ({(loss[t][r] - e) / e:+.0%})" for r in rates]
+        cells = [f"{loss[t][r]:.3f} ({(loss[t][r] - e) / e:+.0%})" for r in (*rates, "magnitude")]
         lrows.append([t, f"{loss[t]['base']:.3f}", f"{e:.3f}", *cells, "yes" if within else "**no**"])  # fmt: skip
-    losses = table(["variant", "base", "exact delta", *(f"DARE {r}" for r in rates), f"{checked} within {recipe.loss_margin:.0%}"], lrows)  # fmt: skip
+    losses = table(["variant", "base", "exact delta", *(f"DARE {r}" for r in rates), f"magnitude {checked}", f"DARE {checked} within {recipe.loss_margin:.0%}"], lrows)  # fmt: skip
     return "\n".join(
         [
             "# Merge quality on SmolLM2-135M-Instruct",
@@ -186,7 +193,9 @@ def report(res: Results, recipe: SmolRecipe, meta: dict[str, Any]) -> str:
             f"(lr {recipe.train.lr:g}) per task, on the demo's generators. {recipe.eval_examples} "
             f"held-out examples per task, greedy exact match (answer cut at the first newline); "
             f"LM-Cocktail from {recipe.shots} examples, threshold {recipe.threshold:g}. "
-            f"Timings: {meta['timings']}.",
+            f"Wall times (1 torch thread, 2 shared cores): LoRA training "
+            + ", ".join(f"{t} {v['seconds']:g} s" for t, v in meta.get("train", {}).items())
+            + f"; this run: {meta['timings']}.",
             "",
             acc,
             "",

@@ -33,22 +33,26 @@ def smol(tmp_path_factory: pytest.TempPathFactory) -> tuple[Results, str]:
     return Results.from_json(doc["results"]), (out / "smollm2.md").read_text()
 
 
-def test_variants_learn_their_task_and_dare_keeps_the_loss(smol: tuple[Results, str]) -> None:
+def test_variants_learn_their_task_and_the_dare_check_follows_the_losses(
+    smol: tuple[Results, str],
+) -> None:
     res, text = smol
-    base, exact, dare = (res.rows[k] for k in ("base", "variant_exact", "variant_dare"))
+    base, exact = res.rows["base"], res.rows["variant_p=0"]
+    within = []
     for t in res.tasks:
-        assert exact.accuracy(t) >= base.accuracy(t) + 0.5, t
+        assert exact.accuracy(t) >= base.accuracy(t) + 0.2, t
         loss = res.meta["eval_loss"][t]
-        assert loss["exact"] < loss["base"]
-        assert loss["dare"] <= loss["exact"] * 1.1, loss  # the recipe's stated margin
-    assert "holds for every variant" in text
+        assert loss["p=0"] < loss["base"] / 5
+        assert loss["p=0"] <= min(loss["p=0.5"], loss["p=0.9"])  # dropping never helped here
+        within.append(loss["p=0.9"] <= loss["p=0"] * 1.1)  # the recipe's stated margin
+    verdict = "holds for every variant" if all(within) else "fails for some variant"
+    assert verdict in text
 
 
 def test_cocktail_routes_each_task_to_its_variant(smol: tuple[Results, str]) -> None:
     res, _ = smol
-    row = res.rows["cocktail_T=0.1"]
+    row, exact = res.rows["cocktail_T=0.1"], res.rows["variant_p=0"]
     for t in res.tasks:
         assert max(row.weights[t], key=row.weights[t].__getitem__) == t
-        assert row.accuracy(t) >= res.rows["variant_dare"].accuracy(t) - 0.1
-    uniformish = res.rows["cocktail_T=5"]
-    assert min(min(w.values()) for w in uniformish.weights.values()) > 0.1
+        assert row.accuracy(t) >= exact.accuracy(t) - 0.1
+    assert min(min(w.values()) for w in res.rows["cocktail_T=5"].weights.values()) > 0.05
