@@ -62,7 +62,7 @@ class Scoring(_Section):
       uniform unless losses differ by several nats: on the demo family mean exact
       match fell from 97.4% (T = 0.1) to 46.9% (T = 5), below the base's 41.6%
       on held-out tasks; on SmolLM2-135M-Instruct with LoRA variants, where
-      losses differ by 5–9 nats, T = 5 still gave the wrong variant 21–35% of
+      losses differ by 5.6–9.6 nats, T = 5 still gave the other candidates 26–35% of
       the weight and halved one task's accuracy (42.5% → 20.0%), while T from
       0.1 to 1 put all of it on the right variant. T in 0.02–0.1 was within one
       point of the best on the demo; 0.1 keeps some mixing among near-equal
