@@ -248,7 +248,11 @@ def main(cache: Path, out: Path, *, force: bool = False, recipe: SmolRecipe | No
             t1 = time.perf_counter()
             res = measure(base, adapters, root, recipe, log)
             timings["measure"] = round(time.perf_counter() - t1, 1)
-            meta = {"timings": ", ".join(f"{k} {v:g} s" for k, v in timings.items())}
+            meta = {
+                "timings": ", ".join(
+                    f"{k} {v:g} s" if v >= 0.5 else f"{k} cached" for k, v in timings.items()
+                )
+            }
             meta["train"] = {t: json.loads((a / "train.json").read_text()) for t, a in adapters.items()}  # fmt: skip
             path.write_text(json.dumps({"results": res.to_json(), "meta": meta}, indent=1) + "\n")
     finally:
