@@ -1,8 +1,8 @@
-"""Deltas resident in memory: every tensor of a registered delta as a SparseTensor.
+"""Deltas resident in memory: every tensor of a registered delta as a DeltaTensor.
 
 The engine keeps each delta in its compressed form (kept values, plus
-positions regenerated once from the seed for seeded masks), on the engine's
-device, and materializes merges from there. Tensors whose delta is exactly
+positions regenerated once from the seed for seeded masks; or a LoRA update's
+two factors), on the engine's device, and materializes merges from there. Tensors whose delta is exactly
 zero are not held at all.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from merger.delta.reader import DeltaReader
-from merger.sparse import SparseTensor
+from merger.sparse import DeltaTensor
 
 
-def load_resident_delta(path: Path, device: str | torch.device = "cpu") -> dict[str, SparseTensor]:
+def load_resident_delta(path: Path, device: str | torch.device = "cpu") -> dict[str, DeltaTensor]:
     """Read and verify (sha256) every tensor of the delta at ``path`` onto ``device``."""
     with DeltaReader(path) as reader:
         out = {}
@@ -27,5 +27,5 @@ def load_resident_delta(path: Path, device: str | torch.device = "cpu") -> dict[
         return out
 
 
-def resident_bytes(tensors: dict[str, SparseTensor]) -> int:
+def resident_bytes(tensors: dict[str, DeltaTensor]) -> int:
     return sum(t.nbytes for t in tensors.values())

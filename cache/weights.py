@@ -4,7 +4,7 @@
 tensor name:
 
 - the base θ₀, in the engine's dtype, read once from the base folder;
-- every registered delta δᵢ as :class:`~merger.sparse.SparseTensor` per tensor
+- every registered delta δᵢ as :class:`~merger.sparse.DeltaTensor` per tensor
   (:func:`cache.resident.load_resident_delta`), checked against the base;
 - materialized merges under keys the caller chooses (the entries of a hot-merge
   cache whose bookkeeping lives elsewhere: the caller says what to keep and
@@ -34,7 +34,7 @@ from cache.resident import load_resident_delta
 from merger.errors import ConfigError, IncompatibleError, NotFoundError
 from merger.io import Checkpoint
 from merger.materialize import BASE, MergePlan
-from merger.sparse import SparseTensor
+from merger.sparse import DeltaTensor
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -86,7 +86,7 @@ class ResidentWeights:
         self.base = {n: base[n] for n in sorted(base, key=load_order)}
         self.seed = seed
         self.num_layers = num_layers
-        self.deltas: dict[str, dict[str, SparseTensor]] = {}
+        self.deltas: dict[str, dict[str, DeltaTensor]] = {}
         self.kept: dict[str, dict[str, torch.Tensor]] = {}
 
     @classmethod
@@ -142,7 +142,7 @@ class ResidentWeights:
         self.deltas.pop(name, None)
 
     # -- merges ------------------------------------------------------------------
-    def plan(self, request: MergeRequest) -> tuple[MergePlan, list[dict[str, SparseTensor] | None]]:
+    def plan(self, request: MergeRequest) -> tuple[MergePlan, list[dict[str, DeltaTensor] | None]]:
         """Validate ``request`` (method, parameters, members) before any tensor is touched."""
         missing = sorted(n for n in request.weights if n != BASE and n not in self.deltas)
         if missing:
@@ -167,7 +167,7 @@ class ResidentWeights:
     def _compute(
         self,
         plan: MergePlan,
-        deltas: list[dict[str, SparseTensor] | None],
+        deltas: list[dict[str, DeltaTensor] | None],
         keep_as: str | None,
     ) -> Tensors:
         kept: dict[str, torch.Tensor] = {}

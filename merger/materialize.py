@@ -1,13 +1,14 @@
 """Materializing a merge from a resident base and sparse deltas, one tensor at a time.
 
 The gateway's engines (the torch engine, and the vLLM worker extension) hold
-the base tensors θ₀ and each variant's :class:`~merger.sparse.SparseTensor`
-delta δᵢ. A merge is a method of the registry, a weight per member and the
+the base tensors θ₀ and each variant's delta δᵢ, one
+:class:`~merger.sparse.DeltaTensor` per tensor (sparse DARE values, or the
+factors of a LoRA update). A merge is a method of the registry, a weight per member and the
 method's parameters; member ``"base"`` stands for the base model itself (δ = 0).
 
 :class:`MergePlan` validates all that once per merge; :meth:`MergePlan.tensor`
 then computes one merged tensor. Methods linear in the models (linear, task
-arithmetic) take the sparse fast path, s·θ₀ + Σ cᵢ δᵢ by scatter-add; every
+arithmetic) take the fast path, s·θ₀ + Σ cᵢ δᵢ added in place; every
 other method gets dense inputs θ₀ + δᵢ and runs its registered function, so the
 result equals an offline merge of the same variants.
 """
@@ -24,7 +25,7 @@ import torch
 from merger.errors import ConfigError
 from merger.methods import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext, get_method
 from merger.methods.base import param_keys
-from merger.sparse import SparseTensor
+from merger.sparse import DeltaTensor
 
 BASE = "base"
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
@@ -113,7 +114,7 @@ class MergePlan:
         self,
         name: str,
         base: torch.Tensor,
-        deltas: Sequence[SparseTensor | None],
+        deltas: Sequence[DeltaTensor | None],
         *,
         num_layers: int | None = None,
         out: torch.Tensor | None = None,

@@ -7,17 +7,56 @@ scale per row (row = the leading dimension; a 1-D tensor is one row).
 
 Applying a delta is a scatter-add into a dense tensor (:meth:`SparseTensor.add_into`),
 so materializing θ₀ + Σ wᵢ δᵢ costs one copy of the base plus nnz adds per delta.
+
+:class:`DeltaTensor` is what the merge code (:mod:`merger.materialize`, the
+engines, :mod:`cache.resident`) needs from one delta tensor, whatever its form:
+:class:`SparseTensor` here, or :class:`merger.lowrank.LowRankTensor` (the two
+factors of a LoRA update).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from merger.errors import ConfigError
 
 FLOAT_VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class DeltaTensor(Protocol):
+    """One tensor of a delta in memory, as the merge code uses it.
+
+    ``nnz`` is the number of stored elements (kept values of a sparse tensor,
+    factor elements of a low-rank one); ``nbytes`` the bytes held in memory.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def numel(self) -> int: ...
+
+    @property
+    def nnz(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def add_into(self, out: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """``out += alpha * dense(self)`` in place; ``out`` has this shape (or is flat)."""
+        ...
+
+    def to_dense(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> torch.Tensor: ...
+
+    def to(self, device: torch.device | str) -> DeltaTensor: ...
 
 
 @dataclass(frozen=True, eq=False)

@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RegisterOptions:
-    drop_rate: float = 0.0
+    drop_rate: float | None = None  # None: 0.9 for DARE, 0 for lowrank
     seed: int | None = None  # None: derived from the source's content
-    strategy: str = "random"
+    strategy: str = "auto"  # lowrank for a LoRA adapter, random (DARE) for a checkpoint
     rescale: bool = True
     value_dtype: str | None = None
     description: str = ""

@@ -181,9 +181,9 @@ class AdminServicer(pb_grpc.AdminServicer):
         self, request: pb.RegisterDeltaRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterDeltaResponse:
         options = RegisterOptions(
-            drop_rate=float(request.drop_rate),
+            drop_rate=float(request.drop_rate) if request.HasField("drop_rate") else None,
             seed=int(request.seed) if request.HasField("seed") else None,
-            strategy=request.strategy or "random",
+            strategy=request.strategy or "auto",
             rescale=request.rescale if request.HasField("rescale") else True,
             value_dtype=request.value_dtype or None,
             description=request.description,

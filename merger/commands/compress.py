@@ -1,4 +1,4 @@
-"""``cocktail compress FT --base BASE OUT``: a fine-tune or LoRA adapter to a DARE delta."""
+"""``cocktail compress FT --base BASE OUT``: a fine-tune (DARE) or LoRA adapter (factors) to a delta."""
 
 from __future__ import annotations
 
@@ -12,21 +12,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="compress a fine-tune or LoRA adapter into a sparse delta",
         description=(
             "Compute δ = θ_ft − θ₀ against BASE (FT is a fine-tuned checkpoint folder or a "
-            "PEFT LoRA adapter folder, detected automatically), sparsify it with DARE and "
-            "write it to the new directory OUT."
+            "PEFT LoRA adapter folder, detected automatically) and write it to the new "
+            "directory OUT: a checkpoint's δ sparsified with DARE, a LoRA adapter's updates "
+            "as their factors A and B (exact; --strategy random DAREs its dense B·A instead)."
         ),
     )
     p.add_argument("finetuned", metavar="FT", help="fine-tuned checkpoint or LoRA adapter folder")
     p.add_argument("out", metavar="OUT", help="output directory (must not exist)")
     p.add_argument("--base", required=True, metavar="BASE", help="base model folder")
-    p.add_argument("--drop-rate", type=float, default=0.9, help="p in [0, 1) (default 0.9)")
+    p.add_argument(
+        "--drop-rate",
+        type=float,
+        default=None,
+        help="DARE drop rate p in [0, 1) (default 0.9); not for LoRA factors (lowrank)",
+    )
     p.add_argument(
         "--seed",
         type=int,
         default=None,
         help="seed of the random mask (default: derived from FT's content)",
     )
-    p.add_argument("--strategy", choices=("random", "magnitude"), default="random")
+    p.add_argument(
+        "--strategy",
+        choices=("auto", "random", "magnitude", "lowrank"),
+        default="auto",
+        help="auto (default): lowrank for a LoRA adapter, random (DARE) for a checkpoint; "
+        "magnitude keeps the largest |δ|",
+    )
     rescale = p.add_mutually_exclusive_group()
     rescale.add_argument(
         "--no-rescale", action="store_true", help="keep values unscaled (DARE's DropOnly)"

@@ -30,6 +30,8 @@ def human_bytes(n: float) -> str:
 
 
 def describe_sparsifier(s: Any) -> str:
+    if s.strategy == "lowrank":
+        return "lowrank: LoRA updates stored exactly as their factors (δ = scale · B·A)"
     rescale = {True: "rescale 1/d", False: "no rescale", "l1": "L1 rescale"}[s.rescale]
     return (
         f"{s.strategy}, drop rate {s.drop_rate:g} (density {s.density:g}), {rescale}, "

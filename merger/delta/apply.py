@@ -19,25 +19,25 @@ import torch
 from merger.delta.reader import DeltaReader
 from merger.errors import ConfigError
 from merger.io import Checkpoint
-from merger.sparse import SparseTensor
+from merger.sparse import DeltaTensor
 
 
 def apply(
-    base: torch.Tensor, delta: SparseTensor | torch.Tensor, weight: float = 1.0
+    base: torch.Tensor, delta: DeltaTensor | torch.Tensor, weight: float = 1.0
 ) -> torch.Tensor:
     """θ₀ + weight·δ in θ₀'s dtype, accumulated in fp32 (fp64 for fp64 tensors); a new tensor."""
     if not base.dtype.is_floating_point:
         raise ConfigError(f"cannot apply a delta to a {base.dtype} tensor")
     work = torch.float64 if base.dtype == torch.float64 else torch.float32
     out = base.to(work, copy=True)
-    if isinstance(delta, SparseTensor):
-        delta.add_into(out, weight)
-    else:
+    if isinstance(delta, torch.Tensor):
         if tuple(delta.shape) != tuple(base.shape):
             raise ConfigError(
                 f"cannot add a delta of shape {list(delta.shape)} to {list(base.shape)}"
             )
         out.add_(delta.to(work), alpha=weight)
+    else:
+        delta.add_into(out, weight)
     return out.to(base.dtype)
 
 

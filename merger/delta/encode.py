@@ -11,6 +11,10 @@ fp32 scale per row (row = leading dimension; a 1-D tensor is one row):
 ``scale_r = max_i |v_ri| / 127``, ``q = round(v / scale_r)``, so the error of
 a value is at most ``scale_r / 2``.
 
+:func:`encode_lowrank` stores a LoRA update as its two factors (``a``, ``b``)
+in their own dtype or a float dtype asked for; :func:`decode_tensor` gives it
+back as a :class:`~merger.lowrank.LowRankTensor`.
+
 ``apply_to="finetuned"`` is the DARE paper's ablation: the mask and rescale
 act on θ_ft itself and the stored delta is δ̃ = m⊙θ_ft/d − θ₀, which is dense
 (every dropped element contributes −θ₀), so it is stored densely.
@@ -28,6 +32,7 @@ from merger.delta.manifest import MaskKind, SparsifierInfo, TensorEntry
 from merger.delta.positions import decode_positions, encode_positions
 from merger.errors import ConfigError, CorruptError
 from merger.hashmask import random_keep_indices
+from merger.lowrank import LowRankTensor
 from merger.sparse import FLOAT_VALUE_DTYPES, SparseTensor
 
 VALUE_DTYPES: dict[str, torch.dtype] = {
@@ -57,12 +62,13 @@ def resolve_value_dtype(requested: str, base_dtype: torch.dtype) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Encoded:
-    """Arrays to store for one tensor, keyed by role: values, positions, scales."""
+    """Arrays to store for one tensor, keyed by role: values, positions, scales (or a, b)."""
 
     mask: MaskKind
     nnz: int
     value_dtype: torch.dtype
     arrays: dict[str, torch.Tensor]
+    scale: float | None = None  # lowrank only: δ = scale · b @ a
 
 
 def _num_rows(shape: tuple[int, ...]) -> int:
@@ -106,6 +112,15 @@ def _dense(dense: torch.Tensor, value_dtype: torch.dtype) -> Encoded:
     arrays = _stored_values(dense.reshape(-1), idx, shape, value_dtype)
     arrays["values"] = arrays["values"].view(shape)
     return Encoded(mask="dense", nnz=numel, value_dtype=value_dtype, arrays=arrays)
+
+
+def encode_dense(delta: torch.Tensor, value_dtype: torch.dtype) -> Encoded:
+    """δ stored whole (``dense``), or as ``zero`` when it is exactly zero."""
+    if value_dtype not in VALUE_DTYPES.values():
+        raise ConfigError(f"cannot store values as {value_dtype}")
+    if delta.numel() == 0 or not bool(torch.any(delta != 0)):
+        return Encoded(mask="zero", nnz=0, value_dtype=value_dtype, arrays={})
+    return _dense(delta.float(), value_dtype)
 
 
 def encode_tensor(
@@ -154,18 +169,60 @@ def encode_tensor(
     return Encoded(mask=kind, nnz=sp.nnz, value_dtype=value_dtype, arrays=arrays)
 
 
+def encode_lowrank(t: LowRankTensor, value_dtype: torch.dtype | None = None) -> Encoded:
+    """The arrays of a low-rank delta: ``a`` and ``b`` in ``value_dtype`` (None: their own).
+
+    Exact with their own dtype. A factor that is all zeros makes δ exactly zero,
+    stored as a ``zero`` entry.
+    """
+    vd = t.a.dtype if value_dtype is None else value_dtype
+    if vd not in FLOAT_VALUE_DTYPES:
+        raise ConfigError(
+            f"LoRA factors are stored as float32, bfloat16 or float16, not {vd} (int8 values "
+            "apply to DARE deltas)"
+        )
+    if not bool(torch.any(t.a != 0)) or not bool(torch.any(t.b != 0)):
+        return Encoded(mask="zero", nnz=0, value_dtype=vd, arrays={})
+    arrays = {"a": t.a.to(vd).contiguous(), "b": t.b.to(vd).contiguous()}
+    return Encoded(mask="lowrank", nnz=t.nnz, value_dtype=vd, arrays=arrays, scale=t.scale)
+
+
+def _decode_lowrank(
+    entry: TensorEntry, arrays: Mapping[str, torch.Tensor], name: str
+) -> LowRankTensor:
+    a, b = arrays.get("a"), arrays.get("b")
+    if a is None or b is None or entry.scale is None:
+        raise CorruptError(f"tensor {name!r} (lowrank) needs factors a and b and a scale")
+    for t in (a, b):
+        if dtype_name(t.dtype) != entry.value_dtype:
+            raise CorruptError(
+                f"tensor {name!r} stores {t.dtype} factors; the manifest says {entry.value_dtype}"
+            )
+    if a.numel() + b.numel() != entry.nnz:
+        raise CorruptError(
+            f"tensor {name!r}: factors of {a.numel() + b.numel()} elements, nnz {entry.nnz} in "
+            "the manifest"
+        )
+    try:
+        return LowRankTensor(shape=tuple(entry.shape), a=a, b=b, scale=entry.scale)
+    except ConfigError as e:
+        raise CorruptError(f"tensor {name!r}: {e}") from None
+
+
 def _index_dtype(numel: int) -> torch.dtype:
     return torch.int32 if numel < 2**31 else torch.int64
 
 
 def decode_tensor(
     entry: TensorEntry, arrays: Mapping[str, torch.Tensor], spec: SparsifierInfo, name: str
-) -> SparseTensor:
-    """Stored arrays of tensor ``name`` back to its :class:`SparseTensor`.
+) -> SparseTensor | LowRankTensor:
+    """Stored arrays of tensor ``name`` back to its :class:`SparseTensor` (or low-rank factors).
 
     Seeded positions are regenerated from ``(spec.seed, name)``; a count that
     disagrees with the stored values raises :class:`CorruptError`.
     """
+    if entry.mask == "lowrank":
+        return _decode_lowrank(entry, arrays, name)
     shape, numel = tuple(entry.shape), entry.numel
     if entry.mask == "zero":
         empty_dtype = VALUE_DTYPES.get(entry.value_dtype, torch.float32)

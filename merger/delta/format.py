@@ -35,7 +35,6 @@ import torch
 from merger.delta.encode import Encoded, dtype_name
 from merger.delta.manifest import (
     FORMAT_NAME,
-    FORMAT_VERSION,
     MANIFEST_FILE,
     BaseInfo,
     DeltaManifest,
@@ -43,10 +42,11 @@ from merger.delta.manifest import (
     SparsifierInfo,
     TensorEntry,
     Totals,
+    required_version,
 )
 from merger.errors import ConfigError
 
-ROLES = ("values", "positions", "scales")  # order of the bytes under sha256
+ROLES = ("values", "positions", "scales", "a", "b")  # order of the bytes under sha256
 ST_DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -251,6 +251,7 @@ class DeltaWriter:
             file=file,
             keys=keys,
             sha256=digest,
+            scale=enc.scale,
             stored_bytes=stored,
             dense_bytes=numel * dtype.itemsize,
         )
@@ -281,7 +282,7 @@ class DeltaWriter:
         entries = self._entries.values()
         manifest = DeltaManifest(
             format=FORMAT_NAME,
-            version=FORMAT_VERSION,
+            version=required_version(self._entries, sparsifier.strategy),
             name=name,
             created_by=created_by,
             base=base,

@@ -20,6 +20,11 @@ read from the tensors must equal that ``r``. Embedding modules use
 
 DoRA (``use_dora``) and other ``peft_type`` values are refused: their weight
 change is not a fixed low-rank product.
+
+:meth:`LoraDeltas.lowrank` gives an adapted tensor's update as its factors
+(:class:`~merger.lowrank.LowRankTensor`, oriented like the base tensor, the
+scale recorded, not folded in), which ``strategy: lowrank`` stores exactly;
+:meth:`LoraDeltas.iter_deltas` gives every update as a dense δ (for DARE).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ import torch
 from merger.delta.extract import DeltaItem, check_finite, shape_mismatch
 from merger.errors import ConfigError, CorruptError, IncompatibleError, UnsafeFormatError
 from merger.io import Checkpoint, fingerprint
+from merger.lowrank import LowRankTensor
+from merger.sparse import FLOAT_VALUE_DTYPES
 
 PREFIX = "base_model.model."
 WEIGHTS = "adapter_model.safetensors"
@@ -234,6 +241,24 @@ class LoraDeltas:
             saved = self.adapter.get(self._full[name], dtype=torch.float32)
             return saved - self.base.get(name, dtype=torch.float32)
         return torch.zeros(self.base.info(name).shape, dtype=torch.float32)
+
+    def lowrank(self, name: str) -> LowRankTensor | None:
+        """The update of base tensor ``name`` as its factors; None unless LoRA-adapted.
+
+        The factors keep the adapter's float dtype (fp64 becomes fp32); with
+        ``fan_in_fan_out`` and for embeddings they are the adapter's Bᵀ and Aᵀ.
+        """
+        pair = self._pairs.get(name)
+        if pair is None:
+            return None
+        a, b = self.adapter.get(pair.a_key), self.adapter.get(pair.b_key)
+        dtype = a.dtype if a.dtype == b.dtype and a.dtype in FLOAT_VALUE_DTYPES else torch.float32
+        a, b = a.to(dtype), b.to(dtype)
+        check_finite(f"{name} (lora A)", a, self.allow_nonfinite)
+        check_finite(f"{name} (lora B)", b, self.allow_nonfinite)
+        if pair.transpose:
+            a, b = b.t().contiguous(), a.t().contiguous()
+        return LowRankTensor(shape=tuple(self.base.info(name).shape), a=a, b=b, scale=pair.scale)
 
     def iter_deltas(self, *, with_weights: bool = False) -> Iterator[DeltaItem]:
         for name in self._order:

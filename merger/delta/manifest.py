@@ -22,6 +22,14 @@ Mask kinds (``TensorEntry.mask``):
 - ``dense``: every element stored, ``values`` has the tensor's shape (drop rate
   0, or ``apply_to: finetuned`` whose delta m⊙θ_ft/d − θ₀ is dense).
 - ``zero``: the delta of this tensor is exactly zero; nothing is stored.
+- ``lowrank`` (version 2): a LoRA update δ = ``scale`` · b @ a stored as its
+  factors under ``keys["a"]`` ``[r, cols]`` and ``keys["b"]`` ``[rows, r]``
+  (:class:`merger.lowrank.LowRankTensor`); ``nnz`` counts their elements.
+
+Versions: 2 added ``lowrank`` (the mask, the strategy and ``TensorEntry.scale``).
+A delta is written with the lowest version that can express it, so a delta
+without low-rank tensors stays readable by version-1 readers (replicas not yet
+upgraded); this code reads both.
 """
 
 from __future__ import annotations
@@ -30,17 +38,18 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from merger.errors import CorruptError, IncompatibleError, NotFoundError
 
 FORMAT_NAME = "cocktail-delta"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version, written when a delta has low-rank tensors
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 
-MaskKind = Literal["seeded", "bitmask", "gaps", "indices", "dense", "zero"]
+MaskKind = Literal["seeded", "bitmask", "gaps", "indices", "dense", "zero", "lowrank"]
 ValueDType = Literal["float32", "bfloat16", "float16", "int8"]
-Strategy = Literal["random", "magnitude"]
+Strategy = Literal["random", "magnitude", "lowrank"]
 ApplyTo = Literal["delta", "finetuned"]
 SourceKind = Literal["checkpoint", "lora"]
 
@@ -87,7 +96,9 @@ class TensorEntry(_Frozen):
     nnz: int  # values kept by the sparsifier (numel for dense, 0 for zero)
     mask: MaskKind
     file: str | None = None  # shard holding its arrays (None for zero)
-    keys: dict[str, str] = {}  # role (values, positions, scales) -> key in file
+    keys: dict[str, str] = {}  # role (values, positions, scales; a, b) -> key in file
+    # LoRA scale of a lowrank entry (δ = scale · b @ a); absent from other entries' JSON.
+    scale: float | None = Field(default=None, exclude_if=lambda v: v is None)
     sha256: str | None = None
     stored_bytes: int  # bytes of its arrays in the shard
     dense_bytes: int  # numel × itemsize of ``dtype``
@@ -149,7 +160,7 @@ def parse_manifest(text: str, where: str = "manifest") -> DeltaManifest:
     version = raw.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise CorruptError(f"{where} has no integer format version (got {version!r})")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = version > FORMAT_VERSION
         advice = (
             "upgrade Cocktail to read it, or re-compress the delta with this version"
@@ -157,13 +168,27 @@ def parse_manifest(text: str, where: str = "manifest") -> DeltaManifest:
             else "re-compress the delta with this version of Cocktail"
         )
         raise IncompatibleError(
-            f"{where} uses delta format version {version}; this Cocktail reads version "
-            f"{FORMAT_VERSION} only: {advice}"
+            f"{where} uses delta format version {version}; this Cocktail reads versions "
+            f"{READABLE_VERSIONS[0]} to {FORMAT_VERSION} only: {advice}"
         )
     try:
-        return DeltaManifest.model_validate(raw)
+        manifest = DeltaManifest.model_validate(raw)
     except ValidationError as e:
         raise CorruptError(f"{where} is malformed: {e}") from e
+    if manifest.version < required_version(manifest.tensors, manifest.sparsifier.strategy):
+        raise CorruptError(
+            f"{where} is malformed: low-rank tensors need format version {FORMAT_VERSION}, "
+            f"but it says version {manifest.version}"
+        )
+    return manifest
+
+
+def required_version(tensors: dict[str, TensorEntry], strategy: str) -> int:
+    """The lowest format version that can express these entries (2 for low-rank ones)."""
+    lowrank = strategy == "lowrank" or any(
+        e.mask == "lowrank" or e.scale is not None for e in tensors.values()
+    )
+    return 2 if lowrank else 1
 
 
 def load_manifest(path: str | Path) -> DeltaManifest:

@@ -4,7 +4,7 @@
 arrays are read from its shard when :meth:`DeltaReader.tensor` asks for it,
 checked against the manifest's sha256 (a mismatch is a :class:`CorruptError`
 naming the tensor), and decoded (seeded positions regenerated) into a
-:class:`SparseTensor`. :meth:`DeltaReader.verify_against` checks that a delta
+:class:`SparseTensor`, or a :class:`LowRankTensor` for LoRA factors. :meth:`DeltaReader.verify_against` checks that a delta
 belongs to a base checkpoint before anyone applies it.
 """
 
@@ -23,6 +23,7 @@ from merger.delta.format import arrays_sha256
 from merger.delta.manifest import MANIFEST_FILE, DeltaManifest, TensorEntry, load_manifest
 from merger.errors import CorruptError, IncompatibleError, NotFoundError
 from merger.io import Checkpoint, fingerprint
+from merger.lowrank import LowRankTensor
 from merger.sparse import SparseTensor
 
 _DTYPES = {**VALUE_DTYPES, "float64": torch.float64}
@@ -108,8 +109,8 @@ class DeltaReader:
 
     def tensor(
         self, name: str, *, verify: bool = True, device: str | torch.device = "cpu"
-    ) -> SparseTensor:
-        """One tensor of the delta as a :class:`SparseTensor` on ``device``.
+    ) -> SparseTensor | LowRankTensor:
+        """One tensor of the delta as a :class:`SparseTensor` (or its factors) on ``device``.
 
         Arrays are moved to ``device`` before decoding, so seeded positions are
         regenerated there (the hash gives the same bits on every device; on a

@@ -106,7 +106,7 @@ def measure(base: Path, adapters: dict[str, Path], work: Path, recipe: SmolRecip
             for t in tasks:
                 out = work / "deltas" / f"{t}-p{rate:g}"
                 if not (out / "manifest.json").is_file():
-                    compress_delta(adapters[t], base, out, drop_rate=rate, seed=recipe.seed)
+                    compress_delta(adapters[t], base, out, drop_rate=rate, seed=recipe.seed, strategy="random")  # fmt: skip
                 stored[rate][t] = out
             label = "variant, exact delta" if rate == 0 else f"variant, DARE p={rate:g} (seeded)"
             row = res.add(Row(f"variant_p={rate:g}", label, "single"))

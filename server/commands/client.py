@@ -57,13 +57,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument(
         "--drop-rate",
         type=float,
-        default=0.9,
-        help="DARE drop rate (default 0.9: kept full fine-tunes' accuracy in cocktail eval; "
-        "LoRA adapters of SmolLM2-135M lost most of theirs at 0.9: use 0 for LoRA, or check "
-        "the loss first; docs/quality.md)",
+        default=None,
+        help="DARE drop rate (default 0.9: kept full fine-tunes' accuracy in cocktail eval); "
+        "a LoRA adapter is stored exactly as its factors and takes none (DARE cost LoRA "
+        "adapters of SmolLM2-135M most of their accuracy at 0.9; docs/quality.md)",
     )
     r.add_argument("--seed", type=int, help="DARE mask seed (default: derived from the source)")
-    r.add_argument("--strategy", choices=["random", "magnitude"], default="random")
+    r.add_argument(
+        "--strategy",
+        choices=["auto", "random", "magnitude", "lowrank"],
+        default="auto",
+        help="auto (default): lowrank for a LoRA adapter (its factors A and B, exact), random "
+        "(DARE) for a full checkpoint; random on a LoRA adapter DAREs its dense B·A",
+    )
     r.add_argument("--no-rescale", action="store_true")
     r.add_argument("--value-dtype", default="")
     r.add_argument("--description", default="")

@@ -1,7 +1,7 @@
 """The embedded engine: a transformers model in this process, on a CPU or a GPU.
 
 Memory layout: the pristine base weights θ₀ (as loaded), every registered
-delta as :class:`~merger.sparse.SparseTensor` per tensor, and *weight sets*:
+delta as :class:`~merger.sparse.DeltaTensor` per tensor, and *weight sets*:
 one full set of tensors per materialized merge. The model's parameters point
 at one weight set at a time (``param.data = tensor``), so changing the live
 merge never copies weights that already exist:
@@ -11,7 +11,7 @@ merge never copies weights that already exist:
 - in the hot-merge cache: the parameters point at the cached set (a pointer
   swap per tensor — cheaper than the "one copy" DESIGN §4 allows);
 - otherwise: :class:`~merger.materialize.MergePlan` computes every tensor into
-  a free weight set (θ₀ copied, then the sparse deltas scatter-added, or the
+  a free weight set (θ₀ copied, then the deltas added in place, or the
   method's dense function); the parameters then point at it, and it is cached
   if it fits the budget.
 
@@ -44,7 +44,7 @@ from merger.cocktail.losses import make_scorer
 from merger.errors import ConfigError, NotFoundError
 from merger.io import Checkpoint, fingerprint
 from merger.materialize import MergePlan
-from merger.sparse import SparseTensor
+from merger.sparse import DeltaTensor
 from server import metrics
 from server.engines.base import (
     Engine,
@@ -104,7 +104,7 @@ class TorchEngine(Engine):
         self._live_set: WeightSet = {}
         self._spare: WeightSet | None = None
         self._cached_sets: set[int] = set()  # ids of weight sets held by the merge cache
-        self._deltas: dict[str, dict[str, SparseTensor]] = {}
+        self._deltas: dict[str, dict[str, DeltaTensor]] = {}
         self._delta_bytes: dict[str, int] = {}
         self._fingerprint = ""
         self._num_layers: int | None = None
@@ -186,7 +186,7 @@ class TorchEngine(Engine):
         metrics.DELTA_RESIDENT_BYTES.set(sum(self._delta_bytes.values()))
         return self._delta_bytes[name]
 
-    def _load_delta(self, path: Path) -> dict[str, SparseTensor]:
+    def _load_delta(self, path: Path) -> dict[str, DeltaTensor]:
         tensors = load_resident_delta(path, self.device)
         unknown = sorted(set(tensors) - set(self._base))
         if unknown:
@@ -208,7 +208,7 @@ class TorchEngine(Engine):
         return dict(self._delta_bytes)
 
     # -- merges ------------------------------------------------------------------
-    def _plan(self, merge: MergeKey) -> tuple[MergePlan, list[dict[str, SparseTensor] | None]]:
+    def _plan(self, merge: MergeKey) -> tuple[MergePlan, list[dict[str, DeltaTensor] | None]]:
         missing = [n for n in merge.names if n != BASE and n not in self._deltas]
         if missing:
             raise NotFoundError(f"variant(s) not registered: {', '.join(missing)}")
@@ -245,7 +245,7 @@ class TorchEngine(Engine):
         return {n: torch.empty_like(t) for n, t in self._base.items()}
 
     def _materialize(
-        self, plan: MergePlan, deltas: list[dict[str, SparseTensor] | None]
+        self, plan: MergePlan, deltas: list[dict[str, DeltaTensor] | None]
     ) -> WeightSet:
         out = self._scratch()
         for name, base in self._base.items():

@@ -325,11 +325,11 @@ def edit_manifest(reader: DeltaReader, **changes: object) -> None:
     path.write_text(json.dumps(raw))
 
 
-@pytest.mark.parametrize("version", [2, 0])
+@pytest.mark.parametrize("version", [3, 0])
 def test_unknown_version_is_refused(small_delta: DeltaReader, version: int) -> None:
     edit_manifest(small_delta, version=version)
-    advice = "upgrade Cocktail" if version > 1 else "re-compress"
-    with pytest.raises(IncompatibleError, match=rf"version {version}.*version 1.*{advice}"):
+    advice = "upgrade Cocktail" if version > 2 else "re-compress"
+    with pytest.raises(IncompatibleError, match=rf"version {version}.*versions 1 to 2.*{advice}"):
         DeltaReader(small_delta.path)
 
 
