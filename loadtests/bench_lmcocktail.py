@@ -115,6 +115,107 @@ def max_tensor_diff(a: Path, b: Path) -> tuple[float, int]:
     return diff, len(set(ta) ^ set(tb))
 
 
+def run_benchmark(
+    peers_python: Path,
+    *,
+    models: int = 4,
+    hidden: int = 256,
+    layers: int = 4,
+    temperature: float = 5.0,
+    batch_size: int = 2,
+    max_input_length: int = 2048,
+    threads: int = 1,
+    repeat: int = 1,
+) -> dict:
+    """Run both implementations ``repeat`` times (alternating which goes first); the report."""
+    with tempfile.TemporaryDirectory(prefix="bench-lmcocktail-") as tmp:
+        work = Path(tmp)
+        paths = build_models(work, models, hidden, layers)
+        runs: dict[str, list[dict]] = {"lmcocktail": [], "cocktail": []}
+        impls = [("lmcocktail", peers_python), ("cocktail", Path(sys.executable))]
+        for r in range(repeat):
+            for impl, python in impls if r % 2 == 0 else impls[::-1]:
+                spec = {
+                    "models": [str(m) for m in paths],
+                    "examples": EXAMPLES,
+                    "temperature": temperature,
+                    "batch_size": batch_size,
+                    "max_input_length": max_input_length,
+                    "threads": threads,
+                    "output": str(work / f"out-{impl}-{r}"),
+                }
+                runs[impl].append(run_one(python, impl, spec, work, threads))
+        theta_diff, name_mismatch = max_tensor_diff(
+            work / "out-lmcocktail-0", work / "out-cocktail-0"
+        )
+
+    def summary(impl: str) -> dict:
+        rs = runs[impl]
+        return {
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "wall_s_runs": [r["wall_s"] for r in rs],
+            "process_wall_s": statistics.median(r["process_wall_s"] for r in rs),
+            "process_wall_s_runs": [r["process_wall_s"] for r in rs],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+            "rss_after_imports_mib": max(r["rss_before_mib"] for r in rs),
+            "weights": rs[0]["weights"],
+        }
+
+    peer, ours = summary("lmcocktail"), summary("cocktail")
+    weight_diff = max(abs(a - b) for a, b in zip(peer["weights"], ours["weights"]))
+    return {
+        "setup": {
+            "models": models,
+            "hidden": hidden,
+            "layers": layers,
+            "examples": len(EXAMPLES),
+            "temperature": temperature,
+            "batch_size": batch_size,
+            "max_input_length": max_input_length,
+            "threads": threads,
+            "repeat": repeat,
+        },
+        "lmcocktail_0_0_4": peer,
+        "cocktail": ours,
+        "speedup": peer["wall_s"] / ours["wall_s"],
+        "process_speedup": peer["process_wall_s"] / ours["process_wall_s"],
+        "max_abs_weight_diff": weight_diff,
+        "max_abs_tensor_diff": theta_diff,
+        "tensor_names_only_in_one": name_mismatch,
+    }
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table with a one-line header and a summary line."""
+    s = report["setup"]
+    peer, ours = report["lmcocktail_0_0_4"], report["cocktail"]
+
+    def fmt_w(ws: list[float]) -> str:
+        return ", ".join(f"{w:.6f}" for w in ws)
+
+    lines = [
+        f"mix_models_with_data: {s['models']} Llama models (hidden {s['hidden']}, "
+        f"{s['layers']} layers), {s['examples']} examples, T={s['temperature']}, "
+        f"{s['threads']} thread(s) in both, median of {s['repeat']}",
+        "",
+        "| implementation | call wall (s) | process wall (s) | peak RSS (MiB) | weights |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, r in (("LM-Cocktail 0.0.4", peer), ("Cocktail", ours)):
+        lines.append(
+            f"| {name} | {r['wall_s']:.2f} | {r['process_wall_s']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} | {fmt_w(r['weights'])} |"
+        )
+    lines += [
+        "",
+        f"speedup: {report['speedup']:.1f}x (call), {report['process_speedup']:.1f}x (process); "
+        f"max |Δweight| = {report['max_abs_weight_diff']:.2e}; "
+        f"max |Δθ| = {report['max_abs_tensor_diff']:.2e}; "
+        f"tensor names only in one output: {report['tensor_names_only_in_one']}",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=4)
@@ -128,83 +229,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "bench_lmcocktail.json")
     args = parser.parse_args(argv)
 
-    peers_python = ensure_peers()
-    with tempfile.TemporaryDirectory(prefix="bench-lmcocktail-") as tmp:
-        work = Path(tmp)
-        models = build_models(work, args.models, args.hidden, args.layers)
-        runs: dict[str, list[dict]] = {"lmcocktail": [], "cocktail": []}
-        for r in range(args.repeat):
-            for impl, python in (("lmcocktail", peers_python), ("cocktail", Path(sys.executable))):
-                spec = {
-                    "models": [str(m) for m in models],
-                    "examples": EXAMPLES,
-                    "temperature": args.temperature,
-                    "batch_size": args.batch_size,
-                    "max_input_length": args.max_input_length,
-                    "threads": args.threads,
-                    "output": str(work / f"out-{impl}-{r}"),
-                }
-                runs[impl].append(run_one(python, impl, spec, work, args.threads))
-        theta_diff, name_mismatch = max_tensor_diff(
-            work / "out-lmcocktail-0", work / "out-cocktail-0"
-        )
-
-    def summary(impl: str) -> dict:
-        rs = runs[impl]
-        return {
-            "wall_s": statistics.median(r["wall_s"] for r in rs),
-            "wall_s_runs": [r["wall_s"] for r in rs],
-            "process_wall_s": statistics.median(r["process_wall_s"] for r in rs),
-            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
-            "rss_after_imports_mib": max(r["rss_before_mib"] for r in rs),
-            "weights": rs[0]["weights"],
-        }
-
-    peer, ours = summary("lmcocktail"), summary("cocktail")
-    weight_diff = max(abs(a - b) for a, b in zip(peer["weights"], ours["weights"]))
-    report = {
-        "setup": {
-            "models": args.models,
-            "hidden": args.hidden,
-            "layers": args.layers,
-            "examples": len(EXAMPLES),
-            "temperature": args.temperature,
-            "batch_size": args.batch_size,
-            "max_input_length": args.max_input_length,
-            "threads": args.threads,
-            "repeat": args.repeat,
-        },
-        "lmcocktail_0_0_4": peer,
-        "cocktail": ours,
-        "speedup": peer["wall_s"] / ours["wall_s"],
-        "max_abs_weight_diff": weight_diff,
-        "max_abs_tensor_diff": theta_diff,
-        "tensor_names_only_in_one": name_mismatch,
-    }
+    report = run_benchmark(
+        ensure_peers(),
+        models=args.models,
+        hidden=args.hidden,
+        layers=args.layers,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        max_input_length=args.max_input_length,
+        threads=args.threads,
+        repeat=args.repeat,
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-
-    def fmt_w(ws: list[float]) -> str:
-        return ", ".join(f"{w:.6f}" for w in ws)
-
-    print(
-        f"mix_models_with_data: {args.models} Llama models (hidden {args.hidden}, "
-        f"{args.layers} layers), {len(EXAMPLES)} examples, T={args.temperature}, "
-        f"{args.threads} thread(s), median of {args.repeat}\n"
-    )
-    print("| implementation | call wall (s) | process wall (s) | peak RSS (MiB) | weights |")
-    print("|---|---:|---:|---:|---|")
-    for name, s in (("LM-Cocktail 0.0.4", peer), ("Cocktail", ours)):
-        print(
-            f"| {name} | {s['wall_s']:.2f} | {s['process_wall_s']:.2f} | "
-            f"{s['peak_rss_mib']:.0f} | {fmt_w(s['weights'])} |"
-        )
-    print(
-        f"\nspeedup (call): {report['speedup']:.1f}x; max |Δweight| = {weight_diff:.2e}; "
-        f"max |Δθ| = {theta_diff:.2e}; tensor names only in one output: {name_mismatch}"
-    )
+    print(markdown(report))
     print(f"wrote {args.json}")
-    return 0 if weight_diff <= 1e-4 else 1
+    return 0 if report["max_abs_weight_diff"] <= 1e-4 else 1
 
 
 if __name__ == "__main__":
