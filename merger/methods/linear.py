@@ -60,8 +60,9 @@ def linear(
         raise ConfigError(f"linear: tensor {ctx.name!r} is {first.dtype}; it needs floating point")
     work = torch.float64 if first.dtype == torch.float64 else torch.float32
     scale = _scale(params, model_params)
-    out = torch.zeros(first.shape, dtype=work, device=first.device)
-    for tensor, p in zip(inputs.tensors, model_params, strict=True):
+    # w₀θ₀ first (instead of adding it to zeros: one pass less), then += wᵢθᵢ.
+    out = torch.mul(first.to(work), model_params[0].weight)
+    for tensor, p in zip(inputs.tensors[1:], model_params[1:], strict=True):
         out.add_(tensor.to(work), alpha=p.weight)
     if scale != 1.0:
         out.mul_(scale)

@@ -48,8 +48,10 @@ def task_arithmetic(
     weights = weights_of(model_params)
     dtype = work_dtype(base)
     merged = torch.zeros(base.shape, dtype=dtype, device=base.device)
+    scratch = torch.empty_like(merged)  # each δᵢ in turn, without a fresh tensor per model
     for theta, w in zip(inputs.tensors, weights, strict=True):
-        merged.add_(delta(theta, base, dtype), alpha=w)
+        merged.add_(delta(theta, base, dtype, out=scratch), alpha=w)
+    del scratch
     divisor = weight_divisor(weights, params.normalize, "task_arithmetic")
     if divisor != 1.0:
         merged.div_(divisor)
