@@ -77,6 +77,7 @@ def run_tool(python: str, tool: str, cfg: Path, out: Path, work: Path, extra: li
         "call_s": r["call_s"],
         "import_s": r["import_s"],
         "peak_rss_mib": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "torch_default_threads": r["torch_default_threads"],
     }
 
@@ -97,6 +98,7 @@ def summarize(runs: list[dict]) -> dict:
         "wall_s": statistics.median(r["wall_s"] for r in runs),
         "call_s": statistics.median(r["call_s"] for r in runs),
         "import_s": statistics.median(r["import_s"] for r in runs),
+        "cpu_s": statistics.median(r["cpu_s"] for r in runs),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "runs": runs,
     }

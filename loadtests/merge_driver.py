@@ -31,10 +31,12 @@ def main() -> int:
 
     elif tool == "cocktail":
         import merger.config.run  # noqa: F401
-        from server.cli import main as cli
+        from server.cli import build_parser, dispatch, finish
+
+        args = build_parser().parse_args(["merge", *argv])
 
         def call() -> None:
-            rc = cli(["merge", *argv])
+            rc = dispatch(args)
             if rc:
                 raise SystemExit(rc)
 
@@ -55,6 +57,8 @@ def main() -> int:
             },
             f,
         )
+    if tool == "cocktail":
+        finish(args, 0)  # exits as the `cocktail` console script does
     return 0
 
 
