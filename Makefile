@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 # torch would pull several GB of CUDA packages.
 TORCH := torch==2.13.0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
+# e.g. `make bench BENCH_FLAGS=--quick` (smoke run) or `BENCH_FLAGS="--repeat 5 --threads-study"`
+BENCH_FLAGS ?=
 
 .PHONY: setup test test-long lint proto proto-check demo bench clean
 
@@ -39,7 +41,7 @@ demo: setup
 	$(VPY) -m server.demo
 
 bench: setup
-	$(VPY) loadtests/bench_offline.py
+	$(VPY) loadtests/bench_offline.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .ruff_cache
