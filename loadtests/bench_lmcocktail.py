@@ -7,7 +7,7 @@ Builds N tiny-but-not-trivial Llama models (a seeded base and N−1 "fine-tunes"
 base + Gaussian noise of 5% of each tensor's std), then runs each implementation
 in its own process (LM-Cocktail in the peers venv) on 5 examples with the same
 arguments. Reports the call's wall time (imports excluded; the whole process's
-too), the process's peak RSS (``os.wait4`` rusage of that child), both sets of
+too), the process's peak RSS (its VmHWM, loadtests/rss.py), both sets of
 weights and their largest difference (must be ≤ 1e-4), and the largest
 difference between the two merged checkpoints. Prints a Markdown table and
 writes JSON (default ``results/bench_lmcocktail.json``).
@@ -97,14 +97,14 @@ def run_one(python: Path, impl: str, spec: dict, work: Path, threads: int) -> di
         stderr=subprocess.STDOUT,
         env=env,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     total = time.perf_counter() - t0
     log.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{impl} failed; see {work / (impl + '.log')}")
     result = json.loads(result_file.read_text())
     result["process_wall_s"] = total
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024
+    result["peak_rss_mib"] = result["rss_peak_mib"]  # VmHWM (see loadtests/rss.py)
     return result
 
 

@@ -11,9 +11,11 @@ linear, task_arithmetic, ties, dare_ties and slerp, the same YAML config is run
 by ``mergekit-yaml`` (in the peers venv, loadtests/peers.py) and by ``cocktail
 merge``, each in its own process (loadtests/merge_driver.py), alternating which
 goes first, ``--repeat`` times. Per run: the process's wall time (what a user
-waits for), the merge call's time (imports excluded), and its peak RSS
-(``os.wait4``). Each tool runs with its defaults (mergekit: torch's thread count;
-Cocktail: 1 thread) and no progress bar (``--quiet`` / ``--no-progress``).
+waits for), the merge call's time (imports excluded), its CPU time
+(``os.wait4``) and its peak RSS (the child's own VmHWM; loadtests/rss.py says
+why not ``ru_maxrss``). Each tool runs with its defaults (mergekit: torch's
+thread count; Cocktail: 1 thread) and no progress bar (``--quiet`` /
+``--no-progress``).
 
 Every output tensor of the first repetition is compared: max abs difference
 (deterministic methods: must be ≤ 1e-5); for ties, the elements over 1e-5 are
@@ -76,7 +78,7 @@ def run_tool(python: str, tool: str, cfg: Path, out: Path, work: Path, extra: li
         "wall_s": wall,
         "call_s": r["call_s"],
         "import_s": r["import_s"],
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "peak_rss_mib": r["peak_rss_mib"],  # the child's VmHWM: ru_maxrss inherits ours
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "torch_default_threads": r["torch_default_threads"],
     }

@@ -9,8 +9,8 @@ anyway: ``mergekit.scripts.run_yaml`` (torch, transformers, mergekit) or
 ``merger.config.run`` (torch, safetensors, the merge core; ``cocktail`` defers
 them to the subcommand). RESULT gets the import time, the call time (argument
 parsing, planning, the merge, writing the output folder; lazy imports inside the
-call count for the tool that makes them) and torch's default thread count. The
-parent measures the process's wall time and peak RSS.
+call count for the tool that makes them) and torch's default thread count and
+the process's peak RSS (VmHWM, see rss.py). The parent measures the wall time.
 """
 
 from __future__ import annotations
@@ -48,12 +48,15 @@ def main() -> int:
     t_imported = time.perf_counter()
     call()
     t_done = time.perf_counter()
+    from rss import peak_rss_mib  # loadtests/rss.py, next to this script
+
     with open(result_file, "w") as f:
         json.dump(
             {
                 "import_s": t_imported - t_start,
                 "call_s": t_done - t_imported,
                 "torch_default_threads": threads,
+                "peak_rss_mib": peak_rss_mib(),
             },
             f,
         )

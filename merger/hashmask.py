@@ -176,7 +176,10 @@ def keep_mask_chunks(
     key, threshold = mask_key(seed, name), keep_threshold(density)
     if threshold >= 1 << 32:
         for start in range(0, numel, _FAST_CHUNK):
-            yield start, torch.ones(min(_FAST_CHUNK, numel - start), dtype=torch.bool, device=device)
+            yield (
+                start,
+                torch.ones(min(_FAST_CHUNK, numel - start), dtype=torch.bool, device=device),
+            )
         return
     chunks = (
         _fast_masks(key, threshold, numel)
