@@ -31,6 +31,15 @@ def _kib(text: str) -> float:
         return float("nan")
 
 
+def _cpu_pressure() -> float | None:
+    """Linux PSI: % of the last minute in which some runnable task waited for a CPU."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(line.split("avg60=")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def machine_info() -> dict:
     import torch
 
@@ -39,6 +48,7 @@ def machine_info() -> dict:
         "cpu": _first_line("/proc/cpuinfo", "model name"),
         "memory_gib": round(_kib(_first_line("/proc/meminfo", "MemTotal")) / 2**20, 1),
         "loadavg": list(os.getloadavg()),
+        "cpu_pressure_avg60": _cpu_pressure(),
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
@@ -115,7 +125,8 @@ def _machine_line(report: dict) -> str:
         f"{m0['cpus']} CPUs ({m0['cpu']}), {m0['memory_gib']} GiB RAM, Python {m0['python']}, "
         f"torch {m0['torch']}; load average (1/5/15 min) "
         f"{'/'.join(f'{x:.1f}' for x in m0['loadavg'])} before, "
-        f"{'/'.join(f'{x:.1f}' for x in m1['loadavg'])} after"
+        f"{'/'.join(f'{x:.1f}' for x in m1['loadavg'])} after; CPU pressure (PSI some, "
+        f"avg60) {m0.get('cpu_pressure_avg60')}% before, {m1.get('cpu_pressure_avg60')}% after"
     )
 
 
@@ -135,8 +146,9 @@ def markdown(report: dict) -> str:
         f"Machine: {_machine_line(report)}.",
         "",
         "| family | method | mergekit wall (s) | cocktail wall (s) | speedup | mergekit call (s) "
-        "| cocktail call (s) | call speedup | peak RSS mergekit / cocktail (MiB) | max abs diff |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| cocktail call (s) | call speedup | CPU mergekit / cocktail (s) "
+        "| peak RSS mergekit / cocktail (MiB) | max abs diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     t_rows = {r["config"]: r for r in report["targets"]["merges"]}
     for key, entry in merges["configs"].items():
@@ -145,7 +157,8 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {entry['family']} | {entry['method']} | {mk['wall_s']:.2f} | {ck['wall_s']:.2f} "
             f"| **{t['speedup']:.1f}×** | {mk['call_s']:.2f} | {ck['call_s']:.2f} "
-            f"| {t['call_speedup']:.1f}× | {mk['peak_rss_mib']:.0f} / {ck['peak_rss_mib']:.0f} "
+            f"| {t['call_speedup']:.1f}× | {mk['cpu_s']:.1f} / {ck['cpu_s']:.1f} "
+            f"| {mk['peak_rss_mib']:.0f} / {ck['peak_rss_mib']:.0f} "
             f"| {t['note']} |"
         )
     if len(first["variants"]) > 2:
