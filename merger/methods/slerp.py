@@ -39,7 +39,7 @@ from merger.methods.registry import register
 from merger.methods.taskvec import work_dtype
 
 _EPS = 1e-8
-_DOT_CHUNK = 1 << 16
+_DOT_CHUNK = 1 << 18
 
 
 class SlerpParams(Params):
@@ -57,18 +57,22 @@ def slerp_coefficients(t: float, cos_omega: float, dot_threshold: float) -> tupl
     return math.sin((1.0 - t) * omega) / s, math.sin(t * omega) / s
 
 
-def _dot64(x: torch.Tensor, y: torch.Tensor) -> float:
-    """⟨x, y⟩ of two flat tensors, accumulated in float64 chunk by chunk.
+def _gram64(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+    """(⟨x, x⟩, ⟨y, y⟩, ⟨x, y⟩) of two flat tensors, accumulated in float64 chunk by chunk.
 
     A float32 dot over millions of elements drifts by ~1e-3 relative (measured on
     a 16M-element LM head), and near-colinear tensors turn that into a visibly
-    different Ω; float64 chunks cost a few scratch KiB and keep cos Ω exact to ~1e-15.
+    different Ω; float64 chunks keep cos Ω exact to ~1e-15 for a few scratch MiB.
     """
-    parts = [
-        torch.dot(x[s : s + _DOT_CHUNK].double(), y[s : s + _DOT_CHUNK].double())
-        for s in range(0, x.numel(), _DOT_CHUNK)
-    ]
-    return float(torch.stack(parts).sum()) if parts else 0.0
+    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for s in range(0, x.numel(), _DOT_CHUNK):
+        a = x[s : s + _DOT_CHUNK].double()
+        b = y[s : s + _DOT_CHUNK].double()
+        sums[0] += torch.dot(a, a)
+        sums[1] += torch.dot(b, b)
+        sums[2] += torch.dot(a, b)
+    xx, yy, xy = sums.tolist()
+    return xx, yy, xy
 
 
 def slerp_tensors(
@@ -84,11 +88,11 @@ def slerp_tensors(
     y = b.reshape(-1).to(dtype)
     if x.numel() == 0:
         return a.clone()
-    na = math.sqrt(_dot64(x, x))
-    nb = math.sqrt(_dot64(y, y))
+    xx, yy, xy = _gram64(x, y)
+    na, nb = math.sqrt(xx), math.sqrt(yy)
     na = na if na > _EPS else 1.0
     nb = nb if nb > _EPS else 1.0
-    cos_omega = _dot64(x, y) / (na * nb)
+    cos_omega = xy / (na * nb)
     ca, cb = slerp_coefficients(t, cos_omega, dot_threshold)
     out = torch.mul(x, ca).add_(y, alpha=cb)
     return out.view(a.shape).to(a.dtype)
