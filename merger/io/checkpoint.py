@@ -183,7 +183,12 @@ class Checkpoint:
     def get(
         self, name: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
     ) -> torch.Tensor:
-        """Read one tensor (a fresh copy, never a view into the mapped file)."""
+        """Read one tensor.
+
+        Without a dtype or device change the tensor is backed by safetensors'
+        private (copy-on-write) mapping of the file: reading it copies nothing,
+        and writing to it never reaches the file.
+        """
         info = self.info(name)
         try:
             t = self._handle(info.file).get_tensor(name)
