@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: setup test test-long lint proto proto-check demo bench clean
+.PHONY: setup test test-long lint proto proto-check demo bench loadtest loadtest-soak clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q $(TORCH)
-	$(VPY) -m pip install -q -e '.[serve,dev]'
+	$(VPY) -m pip install -q -e '.[serve,dev,loadtest]'
 	touch $(STAMP)
 
 lint: setup
@@ -40,6 +40,15 @@ demo: setup
 
 bench: setup
 	$(VPY) loadtests/bench_offline.py
+
+# Every load scenario, short steps, against `cocktail serve` on the demo family (built
+# first if absent). Long runs: make loadtest LOADTEST_ARGS="--duration 60". See docs/capacity.md.
+loadtest: setup
+	$(VPY) -m loadtests.loadgen run $(LOADTEST_ARGS)
+
+# 30 minutes at 70% of saturation, RSS and fds sampled; fails on growth past the mix's bound.
+loadtest-soak: setup
+	$(VPY) -m loadtests.loadgen soak $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .ruff_cache
