@@ -148,7 +148,7 @@ class Mix(_Frozen):
             if s.name == name:
                 return s
         raise ConfigError(
-            f"no scenario {name!r} in the mix; known: {', '.join(s.name for s in self.scenarios)}"
+            f"no scenario {name!r}; known: {', '.join(s.name for s in self.scenarios)}"
         )
 
 

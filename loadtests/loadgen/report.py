@@ -127,6 +127,10 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         ax.plot(xs, p50, linestyle="--", marker=".", color=line.get_color(), alpha=0.7)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("offered load (requests/s, Poisson)")
     ax.set_ylabel("latency (ms): p99 solid, p50 dashed")
     m = result["machine"]
