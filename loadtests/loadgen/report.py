@@ -33,9 +33,9 @@ def steps_table(result: dict[str, Any]) -> str:
     head = (
         "| scenario | load | ok/s | p50 ms | p95 ms | p99 ms | TTFT p50/p99 ms | errors "
         "| task-weight hits | merge hits | scorings/s | swaps/s | queue mean/max "
-        "| engine: scoring/swap/rest | RSS peak MiB | load avg |"
+        "| engine: scoring/swap/rest | CPU server/driver | RSS peak MiB | load avg |"
     )
-    out = [head, "|" + "---|" * 16]
+    out = [head, "|" + "---|" * 17]
     for sc in result["scenarios"]:
         for s in sc["steps"]:
             c, srv, res, sh = s["client"], s["server"], s["resources"], s["engine_share"]
@@ -49,6 +49,7 @@ def steps_table(result: dict[str, Any]) -> str:
                 f"| {srv['swaps_per_s']:.1f} "
                 f"| {_num(res.get('queue_depth_mean'))}/{_num(res.get('queue_depth_max'), '.0f')} "
                 f"| {_pct(sh['scoring'])}/{_pct(sh['swap'])}/{_pct(sh['rest'])} "
+                f"| {_num(res.get('server_cpu'), '.2f')}/{s['driver_cpu']:.2f} "
                 f"| {_num(res.get('rss_peak_mib'), '.0f')} | {s['loadavg']['after'][0]:.1f} |"
             )
     return "\n".join(out)
@@ -97,7 +98,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Latency: from just before the call to the last message, OK requests. TTFT: streamed "
         "requests. Hit rates, scorings, swaps: the server's /metrics, before/after each step. "
         "Engine shares: swap = swap seconds per second; scoring ≈ scorings/s × the scenario's "
-        "unqueued scoring time; rest = 1 − both (decode, batching; idle below saturation).",
+        "unqueued scoring time; rest = 1 − both (decode, batching; idle below saturation). "
+        "CPU: cores used by the server process and by the driver (psutil).",
         "",
     ]
     return "\n".join(lines)

@@ -244,6 +244,14 @@ async def run_scenario(
                 steps.append(await run_step(t, mix, scenario, "open", r, step_s, index * 1000 + k))
                 k += 1
                 log("  " + _line(steps[-1]))
+            # A noisy probe can put every rate below saturation: climb on until one fails.
+            for _ in range(lp.extend_steps):
+                if not rates or not summary.saturation(steps)["lower_bound"]:
+                    break
+                r = steps[-1]["level"] * 1.5
+                steps.append(await run_step(t, mix, scenario, "open", r, step_s, index * 1000 + k))
+                k += 1
+                log("  " + _line(steps[-1]) + "  (extended)")
     finally:
         code = await asyncio.to_thread(server.stop)
     closed1 = [s for s in steps if s["mode"] == "closed" and s["client"]["scoring_s_mean"]]
