@@ -94,6 +94,9 @@ class LoadPlan(_Frozen):
     open_rates: tuple[float, ...] = Field(
         (), description="explicit rates (req/s); replace fractions"
     )
+    extend_steps: int = Field(
+        2, ge=0, description="while the highest rate is still kept up, climb x1.5 this many times"
+    )
     step_s: float = Field(5.0, gt=0, description="seconds per step; --duration overrides")
     max_requests_per_step: int = Field(20_000, ge=1)
     max_outstanding: int = Field(2048, ge=1, description="open loop: in-flight cap of the driver")
