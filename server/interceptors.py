@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from server import metrics
-from server.errors import Unauthenticated, status_of
+from server.errors import InvalidArgument, Unauthenticated, status_of
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         service, _, rpc = details.method.rpartition("/")
         if not service.startswith("/cocktail."):
             return handler  # health, reflection: untouched
+        # The request is parsed inside the wrapper (after authentication), so that
+        # bytes that are not a valid message are INVALID_ARGUMENT with a request id,
+        # not grpc's own UNKNOWN.
+        parse = handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(rpc, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(rpc, handler.unary_unary, parse),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(rpc, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(rpc, handler.unary_stream, parse),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -106,6 +109,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         token = REQUEST_ID.set(rid)
         context.set_trailing_metadata((("x-request-id", rid),))
         return token
+
+    def _prepare(
+        self, context: grpc.aio.ServicerContext, raw: Any, parse: Callable[[bytes], Any] | None
+    ) -> Any:
+        """Authenticate the call, then parse its request bytes."""
+        if self._auth is not None:
+            self._auth.check(context)
+        if parse is None:
+            return raw
+        try:
+            return parse(raw)
+        except DecodeError as e:
+            raise InvalidArgument(f"the request is not a valid protobuf message: {e}") from None
 
     async def _fail(self, rpc: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         code = status_of(exc)
@@ -122,15 +138,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(code, message)
 
     def _wrap_unary(
-        self, rpc: str, inner: Callable[..., Awaitable[Any]]
+        self,
+        rpc: str,
+        inner: Callable[..., Awaitable[Any]],
+        parse: Callable[[bytes], Any] | None,
     ) -> Callable[..., Awaitable[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapper(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             token = None
             try:
                 token = self._begin(context)
-                if self._auth is not None:
-                    self._auth.check(context)
+                request = self._prepare(context, raw, parse)
                 response = await inner(request, context)
                 metrics.REQUESTS.labels(rpc, "OK").inc()
                 return response
@@ -149,15 +167,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _wrap_stream(
-        self, rpc: str, inner: Callable[..., AsyncIterator[Any]]
+        self,
+        rpc: str,
+        inner: Callable[..., AsyncIterator[Any]],
+        parse: Callable[[bytes], Any] | None,
     ) -> Callable[..., AsyncIterator[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def wrapper(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             t0 = time.perf_counter()
             token = None
             try:
                 token = self._begin(context)
-                if self._auth is not None:
-                    self._auth.check(context)
+                request = self._prepare(context, raw, parse)
                 async for item in inner(request, context):
                     yield item
                 metrics.REQUESTS.labels(rpc, "OK").inc()

@@ -149,14 +149,14 @@ class GatewayService:
         if not self.engine.ready:
             raise Unavailable("the gateway is warming up (loading the base model); retry shortly")
 
-    def _check_limits(self, cmd: GenerateCommand) -> None:
+    def _check_examples(self, examples: tuple[tuple[str, str], ...]) -> None:
         lim = self.settings.limits
-        if len(cmd.examples) > lim.max_examples:
+        if len(examples) > lim.max_examples:
             raise InvalidArgument(
-                f"{len(cmd.examples)} task_examples exceed limits.max_examples={lim.max_examples}; "
+                f"{len(examples)} task_examples exceed limits.max_examples={lim.max_examples}; "
                 "send fewer examples (LM-Cocktail needs about 5)"
             )
-        for i, (inp, out) in enumerate(cmd.examples):
+        for i, (inp, out) in enumerate(examples):
             if not out:
                 raise InvalidArgument(
                     f"task_examples[{i}].output is empty; every example needs an output to score"
@@ -166,6 +166,10 @@ class GatewayService:
                     f"task_examples[{i}] has {len(inp) + len(out)} characters, over "
                     f"limits.max_example_chars={lim.max_example_chars}; shorten it"
                 )
+
+    def _check_limits(self, cmd: GenerateCommand) -> None:
+        lim = self.settings.limits
+        self._check_examples(cmd.examples)
         if not cmd.prompt:
             raise InvalidArgument("prompt is empty; send the text to answer")
         if len(cmd.prompt) > lim.max_prompt_chars:
@@ -369,9 +373,7 @@ class GatewayService:
     # -- other queries -----------------------------------------------------------
     async def score_only(self, examples: tuple[tuple[str, str], ...], task_id: str) -> MergeChoice:
         self._check_ready()
-        for i, (_inp, out) in enumerate(examples):
-            if not out:
-                raise InvalidArgument(f"task_examples[{i}].output is empty")
+        self._check_examples(examples)
         tw, hit, seconds = await self.task_weights_for(examples, task_id)
         by_name = {c.name: c for c in tw.candidates}
         key = MergeKey.build(

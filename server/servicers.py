@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from server.engines.base import Sampling
 from server.errors import InvalidArgument
@@ -46,13 +46,37 @@ def to_sampling(p: pb.SamplingParams, settings: Settings) -> Sampling:
     )
 
 
-def to_explicit_merge(m: pb.MergeSpec) -> ExplicitMerge:
-    params: dict[str, Any] = json_format.MessageToDict(m.params) if m.HasField("params") else {}
-    for key, value in params.items():
-        if isinstance(value, (dict, list)):
+def _param_value(key: str, value: struct_pb2.Value) -> Any:
+    """One ``merge.params`` value: a finite number, a string, a boolean or null."""
+    kind = value.WhichOneof("kind")
+    if kind in ("struct_value", "list_value"):
+        raise InvalidArgument(
+            f"merge.params[{key!r}] must be a number, string or boolean, not a "
+            f"{'dict' if kind == 'struct_value' else 'list'}"
+        )
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
             raise InvalidArgument(
-                f"merge.params[{key!r}] must be a number, string or boolean, not a {type(value).__name__}"
+                f"merge.params[{key!r}] is {value.number_value}; parameters must be finite numbers"
             )
+        return value.number_value
+    if kind in ("string_value", "bool_value"):
+        return getattr(value, kind)
+    return None
+
+
+def has_merge(req: pb.GenerateRequest) -> bool:
+    """Whether the request names an explicit merge (any of its fields set)."""
+    if not req.HasField("merge"):
+        return False
+    m = req.merge
+    return bool(
+        m.weights or m.method or m.HasField("density") or m.HasField("lambda_") or m.params.fields
+    )
+
+
+def to_explicit_merge(m: pb.MergeSpec) -> ExplicitMerge:
+    params: dict[str, Any] = {k: _param_value(k, v) for k, v in m.params.fields.items()}
     if m.HasField("density"):
         params["density"] = float(m.density)
     if m.HasField("lambda_"):
@@ -77,7 +101,7 @@ def to_command(
         prompt=req.prompt,
         sampling=to_sampling(req.sampling, settings),
         task_id=req.task_id,
-        merge=to_explicit_merge(req.merge) if req.HasField("merge") and req.merge.weights else None,
+        merge=to_explicit_merge(req.merge) if has_merge(req) else None,
         client=_client(context),
     )
 
@@ -162,11 +186,6 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def ScoreTask(
         self, request: pb.ScoreTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreTaskResponse:
-        lim = self._settings.limits
-        if len(request.task_examples) > lim.max_examples:
-            raise InvalidArgument(
-                f"{len(request.task_examples)} task_examples exceed limits.max_examples={lim.max_examples}"
-            )
         examples = tuple((e.input, e.output) for e in request.task_examples)
         choice = await self._service.score_only(examples, request.task_id)
         return pb.ScoreTaskResponse(merge=merge_info(choice))
