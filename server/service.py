@@ -391,8 +391,14 @@ class GatewayService:
         """Pin a merge in the hot-merge cache and materialize it now."""
         self._check_ready()
         key = self.merge_key_for(merge)
+        already = key in self.engine.stats().merges.pinned
         self.engine.pin(key)
-        await self.scheduler.submit(key, _WarmJob())
+        try:
+            await self.scheduler.submit(key, _WarmJob())
+        except BaseException:
+            if not already:
+                self.engine.unpin(key)  # a merge that cannot be materialized stays unpinned
+            raise
         return key
 
     def uses(self, name: str) -> bool:

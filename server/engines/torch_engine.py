@@ -55,6 +55,7 @@ from server.engines.base import (
     SwapResult,
 )
 from server.engines.decode import Decoder, RowState
+from server.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +249,19 @@ class TorchEngine(Engine):
     ) -> WeightSet:
         out = self._scratch()
         for name, base in self._base.items():
-            plan.tensor(
+            merged = plan.tensor(
                 name,
                 base,
                 [None if d is None else d.get(name) for d in deltas],
                 num_layers=self._num_layers,
                 out=out[name],
             )
+            if merged.is_floating_point() and not bool(torch.isfinite(merged).all()):
+                self._spare = out  # nothing references it: reuse it for the next merge
+                raise ConfigError(
+                    f"this merge gives non-finite (inf/NaN) weights in {name!r}: its weights or "
+                    f"lambda are too large for {self.dtype}; use smaller weights"
+                )
         return out
 
     def _apply_sync(self, merge: MergeKey, cache: bool = True) -> SwapResult:
@@ -338,6 +345,9 @@ class TorchEngine(Engine):
                 loop.call_soon_threadsafe(requests[i].out.put_nowait, text)
 
         def finish(i: int, row: RowState) -> None:
+            if row.error:
+                loop.call_soon_threadsafe(requests[i].out.put_nowait, InvalidArgument(row.error))
+                return
             done = Finished(
                 prompt_tokens=len(row.prompt_ids),
                 completion_tokens=len(row.generated),
