@@ -174,4 +174,8 @@ def load_manifest(path: str | Path) -> DeltaManifest:
             f"{path} is not a compressed delta: it has no {MANIFEST_FILE} "
             "(make one with `cocktail compress`)"
         )
-    return parse_manifest(file.read_text(), str(file))
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptError(f"{file} is not UTF-8 text: {e}") from e
+    return parse_manifest(text, str(file))

@@ -41,7 +41,7 @@ from cache.keys import BASE, Candidate, MergeKey
 from cache.lru import LRUCache
 from cache.resident import load_resident_delta
 from merger.cocktail.losses import make_scorer
-from merger.errors import ConfigError, NotFoundError
+from merger.errors import ConfigError, IncompatibleError, NotFoundError
 from merger.io import Checkpoint, fingerprint
 from merger.materialize import MergePlan
 from merger.sparse import SparseTensor
@@ -191,6 +191,12 @@ class TorchEngine(Engine):
         unknown = sorted(set(tensors) - set(self._base))
         if unknown:
             raise ConfigError(f"delta {path} has tensors the base model lacks: {unknown[:5]}")
+        for name, t in tensors.items():
+            if tuple(t.shape) != tuple(self._base[name].shape):
+                raise IncompatibleError(
+                    f"delta {path}: tensor {name!r} is {list(t.shape)} but the base's is "
+                    f"{list(self._base[name].shape)}; the delta was made for another base"
+                )
         return tensors
 
     async def remove_delta(self, name: str) -> None:
@@ -200,7 +206,8 @@ class TorchEngine(Engine):
         metrics.DELTA_RESIDENT_BYTES.set(sum(self._delta_bytes.values()))
 
     def _forget_merges_using(self, name: str) -> None:
-        self._merges.evict_where(lambda key: key.uses(name))
+        # Pinned ones too: a merge of a removed or replaced delta can never be asked for again.
+        self._merges.evict_where(lambda key: key.uses(name), include_pinned=True)
         if self._live is not None and self._live.uses(name):
             self._live = None
 

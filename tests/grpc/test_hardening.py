@@ -127,3 +127,18 @@ async def test_a_merge_with_overflowing_weights_is_refused_and_not_pinned(
         assert list(stats.pinned_merge_keys) == []
         after = await gw.generate("moon =", merge=pb.MergeSpec(weights={"v0": 1.0}))
         assert after.text == before.text
+
+
+async def test_removing_a_variant_drops_its_pinned_merges(
+    tmp_path: Path, tiny_llama: Path, sources: Path
+) -> None:
+    async with running_gateway(tmp_path, tiny_llama, sources) as gw:
+        await gw.register("v0", sources / "v0")
+        await gw.register("v1", sources / "v1")
+        for weights in ({"v0": 1.0}, {"v1": 1.0}):
+            spec = pb.PinMergeRequest(merge=pb.MergeSpec(weights=weights))
+            await gw.admin.PinMerge(spec, metadata=gw.auth)
+        await gw.admin.RemoveDelta(pb.RemoveDeltaRequest(name="v0"), metadata=gw.auth)
+        stats = await gw.admin.GetStats(pb.GetStatsRequest(), metadata=gw.auth)
+        assert list(stats.pinned_merge_keys) == ["linear(v1=1)"]
+        assert stats.merges.entries == 1
