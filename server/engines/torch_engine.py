@@ -41,7 +41,7 @@ from cache.keys import BASE, Candidate, MergeKey
 from cache.lru import LRUCache
 from cache.resident import load_resident_delta
 from merger.cocktail.losses import make_scorer
-from merger.errors import ConfigError, IncompatibleError, NotFoundError
+from merger.errors import ConfigError, NotFoundError
 from merger.io import Checkpoint, fingerprint
 from merger.materialize import MergePlan
 from merger.sparse import SparseTensor
@@ -187,17 +187,8 @@ class TorchEngine(Engine):
         return self._delta_bytes[name]
 
     def _load_delta(self, path: Path) -> dict[str, SparseTensor]:
-        tensors = load_resident_delta(path, self.device)
-        unknown = sorted(set(tensors) - set(self._base))
-        if unknown:
-            raise ConfigError(f"delta {path} has tensors the base model lacks: {unknown[:5]}")
-        for name, t in tensors.items():
-            if tuple(t.shape) != tuple(self._base[name].shape):
-                raise IncompatibleError(
-                    f"delta {path}: tensor {name!r} is {list(t.shape)} but the base's is "
-                    f"{list(self._base[name].shape)}; the delta was made for another base"
-                )
-        return tensors
+        shapes = {name: tuple(t.shape) for name, t in self._base.items()}
+        return load_resident_delta(path, self.device, shapes)
 
     async def remove_delta(self, name: str) -> None:
         self._deltas.pop(name, None)
