@@ -192,8 +192,12 @@ class DeltaStore:
         if target.exists():
             trash = self.root / f".trash-{name}-{secrets.token_hex(4)}"
             os.replace(target, trash)
-            _fsync_dir(self.root)
-            os.replace(staged, target)
+            try:
+                _fsync_dir(self.root)
+                os.replace(staged, target)
+            except OSError:
+                os.replace(trash, target)  # put the old one back: the replace never happened
+                raise
             _fsync_dir(self.root)
             shutil.rmtree(trash, ignore_errors=True)
         else:

@@ -245,7 +245,7 @@ class GatewayService:
             )
         if len(candidates) == 1:
             tw = TaskWeights(weights={candidates[0].name: 1.0}, losses={}, candidates=candidates)
-            self.task_weights.put(fp, tw)
+            self._remember(fp, tw)
             return tw, False, 0.0
         t0 = time.perf_counter()
         losses = await self.scheduler.submit(
@@ -255,8 +255,12 @@ class GatewayService:
         metrics.SCORING_SECONDS.observe(seconds)
         weights = self._weights_from_losses(losses)
         tw = TaskWeights(weights=weights, losses=losses, candidates=candidates)
-        self.task_weights.put(fp, tw)
+        self._remember(fp, tw)
         return tw, False, seconds
+
+    def _remember(self, fp: str, tw: TaskWeights) -> None:
+        if self.settings.caches.task_weights_entries > 0:  # 0 disables the cache
+            self.task_weights.put(fp, tw)
 
     def _weights_from_losses(self, losses: Mapping[str, float]) -> dict[str, float]:
         """softmax(−loss/T), weights under the threshold dropped, renormalized, rounded."""
@@ -300,6 +304,7 @@ class GatewayService:
                     submit.result()  # raises the batch's error
                     continue
                 item = getter.result()
+                request.started = True
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, Finished):
@@ -355,17 +360,62 @@ class GatewayService:
         swap = jobs[0].switch_info or SwapResult(0.0, True, False)
         requests = [j.payload.request for j in jobs if isinstance(j.payload, _GenJob)]
         if requests:
-            await self.engine.generate(requests)
+            await self._generate_isolated(requests)
         for i, job in enumerate(jobs):
             if not job.future.done():
                 job.future.set_result(swap if i == 0 else SwapResult(0.0, True, False))
 
+    async def _generate_isolated(self, requests: list[GenerationRequest]) -> None:
+        """Generate a batch; if it fails, one request's fault must not fail the others.
+
+        Requests that have produced nothing yet are run again one by one (the one
+        at fault fails alone); requests already streaming get the batch's error.
+        """
+        try:
+            await self.engine.generate(requests)
+            return
+        except Exception as exc:
+            if len(requests) == 1:
+                raise
+            ids = ", ".join(r.request_id for r in requests)
+            log.warning(
+                "a batch of %d failed (%r); retrying one by one: %s", len(requests), exc, ids
+            )
+            failed = exc
+        for r in requests:
+            if r.cancelled:
+                continue
+            if r.started or not r.out.empty():
+                r.out.put_nowait(failed)
+                continue
+            try:
+                await self.engine.generate([r])
+            except Exception as e:
+                r.out.put_nowait(e)
+
     async def _score_batch(self, jobs: list[Job[Any]]) -> None:
+        try:
+            await self._score_jobs(jobs)
+        except Exception as exc:
+            if len(jobs) == 1:
+                raise
+            log.warning(
+                "scoring %d tasks together failed (%r); scoring them one by one", len(jobs), exc
+            )
+            for job in jobs:
+                try:
+                    await self._score_jobs([job])
+                except Exception as e:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+        finally:
+            self.scheduler.invalidate()  # scoring swapped the engine's weights
+
+    async def _score_jobs(self, jobs: list[Job[Any]]) -> None:
         names = sorted({n for j in jobs for n in j.payload.candidates})
         losses = await self.engine.score(
             [j.payload.examples for j in jobs], names, self.settings.scoring.max_example_tokens
         )
-        self.scheduler.invalidate()
         for job, per_task in zip(jobs, losses, strict=True):
             if not job.future.done():
                 job.future.set_result({n: per_task[n] for n in job.payload.candidates})

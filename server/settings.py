@@ -64,8 +64,12 @@ class Scoring(_Section):
 
 
 class Caches(_Section):
-    task_weights_entries: int = Field(4096, ge=0)
-    merge_bytes: int = Field(2 * 1024**3, ge=0, description="hot-merge cache budget")
+    task_weights_entries: int = Field(
+        4096, ge=0, description="task -> weights entries kept; 0 disables the cache"
+    )
+    merge_bytes: int = Field(
+        2 * 1024**3, ge=0, description="hot-merge cache budget; 0 disables the cache"
+    )
 
     _coerce = field_validator("merge_bytes", mode="before")(_bytes)
 

@@ -276,7 +276,7 @@ class TorchEngine(Engine):
         else:
             plan, deltas = self._plan(merge)
             weights = self._materialize(plan, deltas)
-            if cache and self._merges.put(merge, weights):
+            if cache and self._merges.capacity_bytes and self._merges.put(merge, weights):
                 self._cached_sets.add(id(weights))
             self._bind(weights)
             source, hit = "compute", False

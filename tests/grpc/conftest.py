@@ -77,7 +77,7 @@ def other_base(models_dir: Path) -> Path:
 
 @asynccontextmanager
 async def running_gateway(
-    tmp: Path, base: Path, sources: Path, **overrides: Any
+    tmp: Path, base: Path, sources: Path, *, engine: Any = None, **overrides: Any
 ) -> AsyncIterator[Gateway]:
     tmp.mkdir(parents=True, exist_ok=True)
     token_file = tmp / "admin-token"
@@ -97,7 +97,7 @@ async def running_gateway(
             **overrides,
         },
     )
-    server = GatewayServer(settings)
+    server = GatewayServer(settings, engine=engine)
     await server.start()
     ch = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     admin_ch = grpc.aio.insecure_channel(f"127.0.0.1:{server.admin_port}")
