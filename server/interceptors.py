@@ -6,7 +6,10 @@ line of the call carries, maps typed errors to gRPC statuses by type (unknown
 exceptions become INTERNAL and are logged with the request id and traceback;
 the client sees only the id), and records ``cocktail_requests_total`` and the
 latency histogram. With ``auth`` set it also authenticates every call
-(the Admin server).
+(the Admin server); with ``limiter`` set it applies a per-client request rate
+(the Gateway server). Requests are parsed after both, so unauthenticated or
+rate-limited callers cost no parsing, and bytes that are not a valid message
+are INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from server import metrics
-from server.errors import InvalidArgument, Unauthenticated, status_of
+from server.errors import InvalidArgument, Unauthenticated, Unavailable, status_of
+from server.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,15 @@ class RequestIdFilter(logging.Filter):
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def client_id(context: grpc.aio.ServicerContext) -> str:
+    """Who is calling, for per-client limits: ``x-client-id`` metadata, else the peer host."""
+    md = _metadata(context)
+    if md.get("x-client-id"):
+        return md["x-client-id"][:128]
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 class AdminAuth:
@@ -74,8 +87,11 @@ class AdminAuth:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: AdminAuth | None = None) -> None:
+    def __init__(self, auth: AdminAuth | None = None, limiter: RateLimiter | None = None) -> None:
         self._auth = auth
+        self._limiter = limiter
+        self.active = 0  # calls of our services being handled (not health, not reflection)
+        self.draining = False  # once set, new calls are refused with UNAVAILABLE
 
     async def intercept_service(
         self,
@@ -113,9 +129,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def _prepare(
         self, context: grpc.aio.ServicerContext, raw: Any, parse: Callable[[bytes], Any] | None
     ) -> Any:
-        """Authenticate the call, then parse its request bytes."""
+        """Authenticate the call, apply the client's rate limit, then parse its request bytes."""
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
         if self._auth is not None:
             self._auth.check(context)
+        if self._limiter is not None:
+            self._limiter.check(client_id(context))
         if parse is None:
             return raw
         try:
@@ -146,6 +166,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             token = None
+            self.active += 1
             try:
                 token = self._begin(context)
                 request = self._prepare(context, raw, parse)
@@ -160,6 +181,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 await self._fail(rpc, context, exc)
             finally:
+                self.active -= 1
                 metrics.REQUEST_SECONDS.labels(rpc).observe(time.perf_counter() - t0)
                 if token is not None:
                     REQUEST_ID.reset(token)
@@ -175,6 +197,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             t0 = time.perf_counter()
             token = None
+            self.active += 1
             try:
                 token = self._begin(context)
                 request = self._prepare(context, raw, parse)
@@ -189,6 +212,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 await self._fail(rpc, context, exc)
             finally:
+                self.active -= 1
                 metrics.REQUEST_SECONDS.labels(rpc).observe(time.perf_counter() - t0)
                 if token is not None:
                     REQUEST_ID.reset(token)

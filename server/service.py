@@ -132,12 +132,18 @@ class GatewayService:
         )
         self._in_flight_by_client: dict[str, int] = {}
         self._in_flight = 0
+        self._draining = False
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
         self.scheduler.start()
 
     async def close(self) -> None:
+        """Drain: refuse new requests, let every admitted one finish (whatever its phase:
+        scoring, queued, generating), then stop the scheduler."""
+        self._draining = True
+        while self._in_flight:
+            await asyncio.sleep(0.01)
         await self.scheduler.close()
 
     @property
@@ -324,6 +330,8 @@ class GatewayService:
             self._leave(cmd.client)
 
     def _enter(self, client: str) -> None:
+        if self._draining:
+            raise Unavailable("the gateway is shutting down; retry on another replica")
         cap = self.settings.limits.max_in_flight_per_client
         if cap and client and self._in_flight_by_client.get(client, 0) >= cap:
             raise ResourceExhausted(
@@ -421,10 +429,16 @@ class GatewayService:
                 job.future.set_result({n: per_task[n] for n in job.payload.candidates})
 
     # -- other queries -----------------------------------------------------------
-    async def score_only(self, examples: tuple[tuple[str, str], ...], task_id: str) -> MergeChoice:
+    async def score_only(
+        self, examples: tuple[tuple[str, str], ...], task_id: str, client: str = ""
+    ) -> MergeChoice:
         self._check_ready()
         self._check_examples(examples)
-        tw, hit, seconds = await self.task_weights_for(examples, task_id)
+        self._enter(client)
+        try:
+            tw, hit, seconds = await self.task_weights_for(examples, task_id)
+        finally:
+            self._leave(client)
         by_name = {c.name: c for c in tw.candidates}
         key = MergeKey.build(
             self.settings.default_method, {by_name[n]: w for n, w in tw.weights.items()}
@@ -443,12 +457,15 @@ class GatewayService:
         key = self.merge_key_for(merge)
         already = key in self.engine.stats().merges.pinned
         self.engine.pin(key)
+        self._enter("")
         try:
             await self.scheduler.submit(key, _WarmJob())
         except BaseException:
             if not already:
                 self.engine.unpin(key)  # a merge that cannot be materialized stays unpinned
             raise
+        finally:
+            self._leave("")
         return key
 
     def uses(self, name: str) -> bool:

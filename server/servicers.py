@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,7 @@ from google.protobuf import struct_pb2
 
 from server.engines.base import Sampling
 from server.errors import InvalidArgument
-from server.interceptors import REQUEST_ID
+from server.interceptors import REQUEST_ID, client_id
 from server.pb.cocktail.v1 import gateway_pb2 as pb
 from server.pb.cocktail.v1 import gateway_pb2_grpc as pb_grpc
 from server.registry import DeltaRecord, RegisterOptions, Registry
@@ -84,14 +85,6 @@ def to_explicit_merge(m: pb.MergeSpec) -> ExplicitMerge:
     return ExplicitMerge(method=m.method, weights=dict(m.weights), params=params)
 
 
-def _client(context: grpc.aio.ServicerContext) -> str:
-    md = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-    if md.get("x-client-id"):
-        return md["x-client-id"][:128]
-    peer = context.peer() or ""
-    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
-
-
 def to_command(
     req: pb.GenerateRequest, settings: Settings, context: grpc.aio.ServicerContext
 ) -> GenerateCommand:
@@ -102,7 +95,7 @@ def to_command(
         sampling=to_sampling(req.sampling, settings),
         task_id=req.task_id,
         merge=to_explicit_merge(req.merge) if has_merge(req) else None,
-        client=_client(context),
+        client=client_id(context),
     )
 
 
@@ -149,45 +142,47 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     ) -> pb.GenerateResponse:
         cmd = to_command(request, self._settings, context)
         parts: list[str] = []
-        async for event in self._service.generate(cmd):
-            if isinstance(event, Completed):
-                return pb.GenerateResponse(
-                    text="".join(parts),
-                    merge=merge_info(event.merge, event.swap.seconds, event.swap.cache_hit),
-                    usage=pb.Usage(
-                        prompt_tokens=event.usage.prompt_tokens,
-                        completion_tokens=event.usage.completion_tokens,
-                    ),
-                    finish_reason=event.usage.finish_reason,
-                    request_id=cmd.request_id,
-                )
-            parts.append(event.text)
+        async with contextlib.aclosing(self._service.generate(cmd)) as events:
+            async for event in events:
+                if isinstance(event, Completed):
+                    return pb.GenerateResponse(
+                        text="".join(parts),
+                        merge=merge_info(event.merge, event.swap.seconds, event.swap.cache_hit),
+                        usage=pb.Usage(
+                            prompt_tokens=event.usage.prompt_tokens,
+                            completion_tokens=event.usage.completion_tokens,
+                        ),
+                        finish_reason=event.usage.finish_reason,
+                        request_id=cmd.request_id,
+                    )
+                parts.append(event.text)
         raise RuntimeError("generation ended without a result")
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         cmd = to_command(request, self._settings, context)
-        async for event in self._service.generate(cmd):
-            if isinstance(event, Completed):
-                yield pb.GenerateStreamResponse(
-                    finished=True,
-                    merge=merge_info(event.merge, event.swap.seconds, event.swap.cache_hit),
-                    usage=pb.Usage(
-                        prompt_tokens=event.usage.prompt_tokens,
-                        completion_tokens=event.usage.completion_tokens,
-                    ),
-                    finish_reason=event.usage.finish_reason,
-                    request_id=cmd.request_id,
-                )
-                return
-            yield pb.GenerateStreamResponse(text=event.text, request_id=cmd.request_id)
+        async with contextlib.aclosing(self._service.generate(cmd)) as events:
+            async for event in events:
+                if isinstance(event, Completed):
+                    yield pb.GenerateStreamResponse(
+                        finished=True,
+                        merge=merge_info(event.merge, event.swap.seconds, event.swap.cache_hit),
+                        usage=pb.Usage(
+                            prompt_tokens=event.usage.prompt_tokens,
+                            completion_tokens=event.usage.completion_tokens,
+                        ),
+                        finish_reason=event.usage.finish_reason,
+                        request_id=cmd.request_id,
+                    )
+                    return
+                yield pb.GenerateStreamResponse(text=event.text, request_id=cmd.request_id)
 
     async def ScoreTask(
         self, request: pb.ScoreTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreTaskResponse:
         examples = tuple((e.input, e.output) for e in request.task_examples)
-        choice = await self._service.score_only(examples, request.task_id)
+        choice = await self._service.score_only(examples, request.task_id, client_id(context))
         return pb.ScoreTaskResponse(merge=merge_info(choice))
 
 

@@ -47,6 +47,12 @@ class Limits(_Section):
         0, ge=0, description="concurrent requests per client (peer address); 0 = unlimited"
     )
     max_merge_models: int = Field(16, ge=1, description="variants in one merge")
+    requests_per_second_per_client: float = Field(
+        0.0, ge=0, description="Gateway requests per second per client (token bucket); 0 = off"
+    )
+    burst_per_client: int = Field(
+        0, ge=0, description="requests a client may send at once; 0 = the rate, at least 1"
+    )
 
     _coerce = field_validator("max_request_bytes", mode="before")(_bytes)
 

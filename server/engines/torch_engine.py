@@ -26,6 +26,7 @@ responsive and no two torch calls race on the weights.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Sequence
@@ -121,7 +122,9 @@ class TorchEngine(Engine):
 
     # -- lifecycle ---------------------------------------------------------------
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        # In the caller's context, so that the engine thread's log lines carry its request id.
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, ctx.run, fn, *args)
 
     async def start(self) -> None:
         await self._run(self._load)
