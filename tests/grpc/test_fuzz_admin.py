@@ -284,7 +284,7 @@ def _run(examples: int, steps: int, derandomize: bool) -> None:
 
 
 def test_fuzz_admin_rpcs(env: type[Env]) -> None:
-    _run(examples=8, steps=12, derandomize=True)
+    _run(examples=15, steps=12, derandomize=True)
 
 
 @pytest.mark.slow

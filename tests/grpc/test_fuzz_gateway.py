@@ -34,13 +34,13 @@ CANARY = pb.GenerateRequest(
     sampling=pb.SamplingParams(max_tokens=6),
 )
 FAST = settings(
-    max_examples=200,
+    max_examples=500,
     deadline=None,
     database=None,
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-LONG = settings(FAST, max_examples=1500, derandomize=False)
+LONG = settings(FAST, max_examples=5000, derandomize=False)
 
 
 @dataclass
