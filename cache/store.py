@@ -239,7 +239,13 @@ class DeltaStore:
             # A replica starting between our two renames rolled our replacement
             # forward (recover): the swap is done.
             if not (target / MANIFEST_FILE).is_file():
+                if trash is not None:
+                    os.replace(trash, target)  # the replace never happened
                 raise
+        except OSError:
+            if trash is not None:
+                os.replace(trash, target)  # put the old one back: the replace never happened
+            raise
         _fsync_dir(self.root)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)

@@ -7,7 +7,7 @@ Builds N tiny-but-not-trivial Llama models (a seeded base and N−1 "fine-tunes"
 base + Gaussian noise of 5% of each tensor's std), then runs each implementation
 in its own process (LM-Cocktail in the peers venv) on 5 examples with the same
 arguments. Reports the call's wall time (imports excluded; the whole process's
-too), the process's peak RSS (``os.wait4`` rusage of that child), both sets of
+too), the process's peak RSS (its VmHWM, loadtests/rss.py), both sets of
 weights and their largest difference (must be ≤ 1e-4), and the largest
 difference between the two merged checkpoints. Prints a Markdown table and
 writes JSON (default ``results/bench_lmcocktail.json``).
@@ -97,14 +97,14 @@ def run_one(python: Path, impl: str, spec: dict, work: Path, threads: int) -> di
         stderr=subprocess.STDOUT,
         env=env,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     total = time.perf_counter() - t0
     log.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{impl} failed; see {work / (impl + '.log')}")
     result = json.loads(result_file.read_text())
     result["process_wall_s"] = total
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024
+    result["peak_rss_mib"] = result["rss_peak_mib"]  # VmHWM (see loadtests/rss.py)
     return result
 
 
@@ -113,6 +113,107 @@ def max_tensor_diff(a: Path, b: Path) -> tuple[float, int]:
     common = sorted(set(ta) & set(tb))
     diff = max(float((ta[n].double() - tb[n].double()).abs().max()) for n in common)
     return diff, len(set(ta) ^ set(tb))
+
+
+def run_benchmark(
+    peers_python: Path,
+    *,
+    models: int = 4,
+    hidden: int = 256,
+    layers: int = 4,
+    temperature: float = 5.0,
+    batch_size: int = 2,
+    max_input_length: int = 2048,
+    threads: int = 1,
+    repeat: int = 1,
+) -> dict:
+    """Run both implementations ``repeat`` times (alternating which goes first); the report."""
+    with tempfile.TemporaryDirectory(prefix="bench-lmcocktail-") as tmp:
+        work = Path(tmp)
+        paths = build_models(work, models, hidden, layers)
+        runs: dict[str, list[dict]] = {"lmcocktail": [], "cocktail": []}
+        impls = [("lmcocktail", peers_python), ("cocktail", Path(sys.executable))]
+        for r in range(repeat):
+            for impl, python in impls if r % 2 == 0 else impls[::-1]:
+                spec = {
+                    "models": [str(m) for m in paths],
+                    "examples": EXAMPLES,
+                    "temperature": temperature,
+                    "batch_size": batch_size,
+                    "max_input_length": max_input_length,
+                    "threads": threads,
+                    "output": str(work / f"out-{impl}-{r}"),
+                }
+                runs[impl].append(run_one(python, impl, spec, work, threads))
+        theta_diff, name_mismatch = max_tensor_diff(
+            work / "out-lmcocktail-0", work / "out-cocktail-0"
+        )
+
+    def summary(impl: str) -> dict:
+        rs = runs[impl]
+        return {
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "wall_s_runs": [r["wall_s"] for r in rs],
+            "process_wall_s": statistics.median(r["process_wall_s"] for r in rs),
+            "process_wall_s_runs": [r["process_wall_s"] for r in rs],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+            "rss_after_imports_mib": max(r["rss_before_mib"] for r in rs),
+            "weights": rs[0]["weights"],
+        }
+
+    peer, ours = summary("lmcocktail"), summary("cocktail")
+    weight_diff = max(abs(a - b) for a, b in zip(peer["weights"], ours["weights"]))
+    return {
+        "setup": {
+            "models": models,
+            "hidden": hidden,
+            "layers": layers,
+            "examples": len(EXAMPLES),
+            "temperature": temperature,
+            "batch_size": batch_size,
+            "max_input_length": max_input_length,
+            "threads": threads,
+            "repeat": repeat,
+        },
+        "lmcocktail_0_0_4": peer,
+        "cocktail": ours,
+        "speedup": peer["wall_s"] / ours["wall_s"],
+        "process_speedup": peer["process_wall_s"] / ours["process_wall_s"],
+        "max_abs_weight_diff": weight_diff,
+        "max_abs_tensor_diff": theta_diff,
+        "tensor_names_only_in_one": name_mismatch,
+    }
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table with a one-line header and a summary line."""
+    s = report["setup"]
+    peer, ours = report["lmcocktail_0_0_4"], report["cocktail"]
+
+    def fmt_w(ws: list[float]) -> str:
+        return ", ".join(f"{w:.6f}" for w in ws)
+
+    lines = [
+        f"mix_models_with_data: {s['models']} Llama models (hidden {s['hidden']}, "
+        f"{s['layers']} layers), {s['examples']} examples, T={s['temperature']}, "
+        f"{s['threads']} thread(s) in both, median of {s['repeat']}",
+        "",
+        "| implementation | call wall (s) | process wall (s) | peak RSS (MiB) | weights |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, r in (("LM-Cocktail 0.0.4", peer), ("Cocktail", ours)):
+        lines.append(
+            f"| {name} | {r['wall_s']:.2f} | {r['process_wall_s']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} | {fmt_w(r['weights'])} |"
+        )
+    lines += [
+        "",
+        f"speedup: {report['speedup']:.1f}x (call), {report['process_speedup']:.1f}x (process); "
+        f"max |Δweight| = {report['max_abs_weight_diff']:.2e}; "
+        f"max |Δθ| = {report['max_abs_tensor_diff']:.2e}; "
+        f"tensor names only in one output: {report['tensor_names_only_in_one']}",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,83 +229,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "bench_lmcocktail.json")
     args = parser.parse_args(argv)
 
-    peers_python = ensure_peers()
-    with tempfile.TemporaryDirectory(prefix="bench-lmcocktail-") as tmp:
-        work = Path(tmp)
-        models = build_models(work, args.models, args.hidden, args.layers)
-        runs: dict[str, list[dict]] = {"lmcocktail": [], "cocktail": []}
-        for r in range(args.repeat):
-            for impl, python in (("lmcocktail", peers_python), ("cocktail", Path(sys.executable))):
-                spec = {
-                    "models": [str(m) for m in models],
-                    "examples": EXAMPLES,
-                    "temperature": args.temperature,
-                    "batch_size": args.batch_size,
-                    "max_input_length": args.max_input_length,
-                    "threads": args.threads,
-                    "output": str(work / f"out-{impl}-{r}"),
-                }
-                runs[impl].append(run_one(python, impl, spec, work, args.threads))
-        theta_diff, name_mismatch = max_tensor_diff(
-            work / "out-lmcocktail-0", work / "out-cocktail-0"
-        )
-
-    def summary(impl: str) -> dict:
-        rs = runs[impl]
-        return {
-            "wall_s": statistics.median(r["wall_s"] for r in rs),
-            "wall_s_runs": [r["wall_s"] for r in rs],
-            "process_wall_s": statistics.median(r["process_wall_s"] for r in rs),
-            "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
-            "rss_after_imports_mib": max(r["rss_before_mib"] for r in rs),
-            "weights": rs[0]["weights"],
-        }
-
-    peer, ours = summary("lmcocktail"), summary("cocktail")
-    weight_diff = max(abs(a - b) for a, b in zip(peer["weights"], ours["weights"]))
-    report = {
-        "setup": {
-            "models": args.models,
-            "hidden": args.hidden,
-            "layers": args.layers,
-            "examples": len(EXAMPLES),
-            "temperature": args.temperature,
-            "batch_size": args.batch_size,
-            "max_input_length": args.max_input_length,
-            "threads": args.threads,
-            "repeat": args.repeat,
-        },
-        "lmcocktail_0_0_4": peer,
-        "cocktail": ours,
-        "speedup": peer["wall_s"] / ours["wall_s"],
-        "max_abs_weight_diff": weight_diff,
-        "max_abs_tensor_diff": theta_diff,
-        "tensor_names_only_in_one": name_mismatch,
-    }
+    report = run_benchmark(
+        ensure_peers(),
+        models=args.models,
+        hidden=args.hidden,
+        layers=args.layers,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        max_input_length=args.max_input_length,
+        threads=args.threads,
+        repeat=args.repeat,
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-
-    def fmt_w(ws: list[float]) -> str:
-        return ", ".join(f"{w:.6f}" for w in ws)
-
-    print(
-        f"mix_models_with_data: {args.models} Llama models (hidden {args.hidden}, "
-        f"{args.layers} layers), {len(EXAMPLES)} examples, T={args.temperature}, "
-        f"{args.threads} thread(s), median of {args.repeat}\n"
-    )
-    print("| implementation | call wall (s) | process wall (s) | peak RSS (MiB) | weights |")
-    print("|---|---:|---:|---:|---|")
-    for name, s in (("LM-Cocktail 0.0.4", peer), ("Cocktail", ours)):
-        print(
-            f"| {name} | {s['wall_s']:.2f} | {s['process_wall_s']:.2f} | "
-            f"{s['peak_rss_mib']:.0f} | {fmt_w(s['weights'])} |"
-        )
-    print(
-        f"\nspeedup (call): {report['speedup']:.1f}x; max |Δweight| = {weight_diff:.2e}; "
-        f"max |Δθ| = {theta_diff:.2e}; tensor names only in one output: {name_mismatch}"
-    )
+    print(markdown(report))
     print(f"wrote {args.json}")
-    return 0 if weight_diff <= 1e-4 else 1
+    return 0 if report["max_abs_weight_diff"] <= 1e-4 else 1
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ import contextlib
 import io
 import json
 import logging
-import resource
 import sys
 import time
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    from rss import peak_rss_mib  # loadtests/rss.py, next to this script
+
+    return peak_rss_mib()
 
 
 def run_lmcocktail(spec: dict) -> list[float]:

@@ -17,12 +17,13 @@ These functions are pure maths over tensors. The compressed-delta format
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 
 from merger.errors import ConfigError
-from merger.hashmask import random_keep_indices, random_keep_mask
+from merger.hashmask import keep_mask_chunks, random_keep_indices, random_keep_mask
 from merger.sparse import SparseTensor
 
 Strategy = Literal["random", "magnitude"]
@@ -54,6 +55,42 @@ def density_from_drop_rate(drop_rate: float) -> float:
 def magnitude_keep_count(numel: int, density: float) -> int:
     """Elements kept by the magnitude strategy: ⌊d·n⌋, at least one of a nonempty tensor."""
     return 0 if numel == 0 else max(1, int(density * numel))
+
+
+_SAMPLE = 1 << 16  # kth_largest: elements in the strided sample that brackets the answer
+
+
+def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest element of a 1-D tensor (1 <= k <= n), as a 0-dim tensor.
+
+    Exactly ``x.kthvalue(n - k + 1).values`` (NaN ranks above everything), but on
+    large tensors ~10x faster: a strided sample of ~2^16 elements gives a
+    bracket [lo, hi] that holds the answer with overwhelming probability (±8√s
+    sample ranks around the estimate, ~16 standard deviations); two comparisons
+    count what lies below lo and pick what lies inside, and the selection runs
+    on the few percent inside. When the bracket misses (adversarially ordered
+    data), it falls back to ``kthvalue`` on the whole tensor, so the answer is
+    always exact.
+    """
+    n = x.numel()
+    r = n - k + 1  # rank from the bottom, 1-based
+    if n <= 4 * _SAMPLE:
+        return x.kthvalue(r).values
+    sample = x[:: n // _SAMPLE].contiguous()
+    s = sample.numel()
+    pos, margin = r * s / n, 8.0 * math.sqrt(s) + 2.0
+    lo_r, hi_r = math.floor(pos - margin), math.ceil(pos + margin)
+    lo = float(sample.kthvalue(lo_r).values) if lo_r >= 1 else -math.inf
+    hi = float(sample.kthvalue(hi_r).values) if hi_r <= s else math.inf
+    below = x < lo
+    n_below = int(torch.count_nonzero(below))
+    inside = torch.le(x, hi).logical_and_(below.logical_not_())
+    del below
+    cand = x[inside]
+    rr = r - n_below
+    if 1 <= rr <= cand.numel():
+        return cand.kthvalue(rr).values
+    return x.kthvalue(r).values
 
 
 def magnitude_keep_indices(x: torch.Tensor, density: float) -> torch.Tensor:
@@ -110,6 +147,26 @@ def sparsify(
     return SparseTensor(shape=tuple(delta.shape), indices=idx, values=values.to(delta.dtype))
 
 
+def _dare_(flat: torch.Tensor, d: float, rescale: Rescale, seed: int, name: str) -> None:
+    """Random DARE on a contiguous 1-D tensor, in place, one mask chunk at a time.
+
+    Same numbers as masking the whole tensor and then rescaling (``δ·m / d``,
+    or the L1 factor), without a full-size mask or temporaries.
+    """
+    if rescale not in (True, False, "l1"):
+        raise ConfigError(f"rescale must be true, false or 'l1'; got {rescale!r}")
+    before = flat.abs().sum() if rescale == "l1" else None
+    for start, mask in keep_mask_chunks(seed, name, flat.numel(), d, flat.device):
+        seg = flat[start : start + mask.numel()]
+        seg.mul_(mask)
+        if rescale is True:
+            seg.div_(d)
+    if before is not None:
+        after = flat.abs().sum()
+        if before >= 1e-7 and after >= 1e-7:
+            flat.mul_(before / after)
+
+
 def sparsify_dense(
     delta: torch.Tensor,
     density: float,
@@ -118,12 +175,22 @@ def sparsify_dense(
     rescale: Rescale = True,
     seed: int = 0,
     name: str = "",
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """Like :func:`sparsify` but returns a dense tensor with dropped entries zeroed."""
+    """Like :func:`sparsify` but returns a dense tensor with dropped entries zeroed.
+
+    ``inplace=True`` lets the random strategy overwrite a contiguous float32
+    ``delta`` and return it (no full-size temporaries); otherwise ``delta`` is
+    left untouched.
+    """
     d = check_density(density)
     if d >= 1.0:
         return delta
     if strategy == "random":
+        if delta.dtype == torch.float32 and delta.is_contiguous():
+            out = delta if inplace else delta.clone()
+            _dare_(out.view(-1), d, rescale, seed, name)
+            return out
         mask = random_keep_mask(seed, name, delta.numel(), d, device=delta.device).view(delta.shape)
         kept = delta.float() * mask
         return _rescaled(kept, delta.float(), d, rescale).to(delta.dtype)

@@ -17,16 +17,32 @@ constants) over the element index, keyed by two 32-bit words derived from
 
     mix(x): x ^= x >> 16; x *= 0x21F0AAAD; x ^= x >> 15; x *= 0x735A2D97; x ^= x >> 15
 
-Arithmetic is modulo 2³². Torch has no general unsigned 32-bit arithmetic, so
-the implementation works in int64 and splits each multiplication into 16-bit
-halves so that no intermediate exceeds 2⁴⁹: no signed overflow, identical
-results on every device. ``tests/unit/test_hashmask.py`` checks it bit for bit
-against an independent NumPy ``uint32`` implementation.
+Arithmetic is modulo 2³². Two implementations compute exactly these bits:
+
+- portable (:func:`hash_indices`, and masks on every device but the CPU): int64
+  lanes, each multiplication split into 16-bit halves so no intermediate
+  exceeds 2⁴⁹ — no overflow anywhere, identical results on every device;
+- CPU masks: int32 lanes holding the uint32 bit patterns, ~5x faster (~2-3
+  ns/element on one thread instead of ~12-18). Products keep their low 32 bits
+  (torch's CPU int32 multiply wraps, as two's-complement hardware does); right
+  shifts are arithmetic in int32, so each is masked back to a logical shift;
+  the unsigned ``h < T`` is the signed ``(h ^ 2³¹) < (T ^ 2³¹)``. Element
+  indices need no 64-bit lanes: chunks start at multiples of 2¹⁶, so within a
+  chunk lo32(i) = lo32(start) ^ j and hi32(i) = hi32(start). Because wrapping
+  int32 products are what the hardware gives rather than something C++
+  promises, the first CPU mask checks the fast path against the portable one
+  on a fixed vector and falls back to the portable path (with a warning) if
+  they ever disagree.
+
+``tests/unit/test_hashmask.py`` checks both bit for bit against an independent
+NumPy ``uint32`` implementation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -38,6 +54,12 @@ _C2 = 0x735A2D97
 # Elements hashed per chunk: small enough that the int64 scratch stays in cache
 # (measured ~5x faster than 8M-element chunks on one CPU thread).
 _CHUNK = 1 << 16
+_FAST_BITS = 16  # CPU fast path: chunks of 2^16 elements (int32 scratch stays in L2)
+_FAST_CHUNK = 1 << _FAST_BITS
+_SIGN = 0x80000000
+
+LOG = logging.getLogger(__name__)
+_fast_ok: bool | None = None  # None until the fast path has been checked once
 
 
 def mask_key(seed: int, name: str) -> tuple[int, int]:
@@ -76,16 +98,107 @@ def hash_indices(idx: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
     return _mix32(h ^ (idx >> 32) ^ k1)
 
 
+def _s32(c: int) -> int:
+    """The int32 whose bit pattern is the uint32 ``c``."""
+    c &= _M32
+    return c - (1 << 32) if c & _SIGN else c
+
+
+def _mix32_i32_(x: torch.Tensor, t: torch.Tensor) -> None:
+    """``mix`` in place on int32 lanes holding uint32 bit patterns; ``t`` is scratch."""
+    for shift, mul in ((16, _C1), (15, _C2), (15, None)):
+        torch.bitwise_right_shift(x, shift, out=t)  # arithmetic shift...
+        t.bitwise_and_((1 << (32 - shift)) - 1)  # ...made logical
+        x.bitwise_xor_(t)
+        if mul is not None:
+            x.mul_(_s32(mul))  # the low 32 bits of the product
+
+
+def _fast_masks(
+    key: tuple[int, int], threshold: int, stop: int, first: int = 0
+) -> Iterator[torch.Tensor]:
+    """CPU keep masks of elements [first, stop) in 2^16-element chunks (one reused buffer).
+
+    ``first`` must be a multiple of 2^16 (the chunk alignment the index trick needs).
+    """
+    if first % _FAST_CHUNK:
+        raise ValueError(f"first must be a multiple of {_FAST_CHUNK}; got {first}")
+    k0, k1 = key
+    n0 = max(0, min(_FAST_CHUNK, stop - first))
+    iota = torch.arange(n0, dtype=torch.int32)
+    x, t = torch.empty(n0, dtype=torch.int32), torch.empty(n0, dtype=torch.int32)
+    keep = torch.empty(n0, dtype=torch.bool)
+    limit = _s32(threshold ^ _SIGN)
+    for start in range(first, stop, _FAST_CHUNK):
+        n = min(_FAST_CHUNK, stop - start)
+        xs, ts, ks = x[:n], t[:n], keep[:n]
+        torch.bitwise_xor(iota[:n], _s32((start & _M32) ^ k0), out=xs)
+        _mix32_i32_(xs, ts)
+        xs.bitwise_xor_(_s32((start >> 32) ^ k1))
+        _mix32_i32_(xs, ts)
+        xs.bitwise_xor_(_s32(_SIGN))  # unsigned h < T  <=>  signed (h ^ 2^31) < (T ^ 2^31)
+        torch.lt(xs, limit, out=ks)
+        yield ks
+
+
+def _portable_masks(
+    key: tuple[int, int], threshold: int, numel: int, device: torch.device | str
+) -> Iterator[torch.Tensor]:
+    for start in range(0, numel, _CHUNK):
+        stop = min(numel, start + _CHUNK)
+        idx = torch.arange(start, stop, dtype=torch.int64, device=device)
+        yield hash_indices(idx, key) < threshold
+
+
+def _use_fast(device: torch.device | str) -> bool:
+    global _fast_ok
+    if torch.device(device).type != "cpu":
+        return False
+    if _fast_ok is None:
+        key, threshold, n = mask_key(0, "self-check"), keep_threshold(0.5), _FAST_CHUNK + 4099
+        fast = torch.cat([m.clone() for m in _fast_masks(key, threshold, n)])
+        slow = torch.cat(list(_portable_masks(key, threshold, n, "cpu")))
+        _fast_ok = bool(torch.equal(fast, slow))
+        if not _fast_ok:
+            LOG.warning("int32 hash lanes disagree with the portable hash here; using the latter")
+    return _fast_ok
+
+
+def keep_mask_chunks(
+    seed: int, name: str, numel: int, density: float, device: torch.device | str = "cpu"
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, mask)`` for consecutive chunks covering ``[0, numel)``, in order.
+
+    ``mask`` is a bool tensor (True where DARE keeps the element ``start + j``)
+    that may be a reused buffer: consume it before advancing the iterator. Lets a
+    caller apply the mask chunk by chunk while it is in cache.
+    """
+    key, threshold = mask_key(seed, name), keep_threshold(density)
+    if threshold >= 1 << 32:
+        for start in range(0, numel, _FAST_CHUNK):
+            yield (
+                start,
+                torch.ones(min(_FAST_CHUNK, numel - start), dtype=torch.bool, device=device),
+            )
+        return
+    chunks = (
+        _fast_masks(key, threshold, numel)
+        if _use_fast(device)
+        else _portable_masks(key, threshold, numel, device)
+    )
+    start = 0
+    for mask in chunks:
+        yield start, mask
+        start += mask.numel()
+
+
 def random_keep_mask(
     seed: int, name: str, numel: int, density: float, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """Bool tensor ``[numel]``: True where DARE keeps the element."""
-    key, threshold = mask_key(seed, name), keep_threshold(density)
     out = torch.empty(numel, dtype=torch.bool, device=device)
-    for start in range(0, numel, _CHUNK):
-        stop = min(numel, start + _CHUNK)
-        idx = torch.arange(start, stop, dtype=torch.int64, device=device)
-        out[start:stop] = hash_indices(idx, key) < threshold
+    for start, mask in keep_mask_chunks(seed, name, numel, density, device):
+        out[start : start + mask.numel()] = mask
     return out
 
 
@@ -93,11 +206,9 @@ def random_keep_indices(
     seed: int, name: str, numel: int, density: float, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """Sorted flat positions that DARE keeps (int32 when they fit, else int64)."""
-    key, threshold = mask_key(seed, name), keep_threshold(density)
-    parts = []
-    for start in range(0, numel, _CHUNK):
-        stop = min(numel, start + _CHUNK)
-        idx = torch.arange(start, stop, dtype=torch.int64, device=device)
-        parts.append(idx[hash_indices(idx, key) < threshold])
+    parts = [
+        mask.nonzero().view(-1).add_(start)
+        for start, mask in keep_mask_chunks(seed, name, numel, density, device)
+    ]
     kept = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device=device)
     return kept.to(torch.int32) if numel < 2**31 else kept

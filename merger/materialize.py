@@ -37,6 +37,15 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def check_coefficient(c: float, dtype: torch.dtype) -> None:
+    """Refuse a merge coefficient that ``dtype`` cannot hold (the sum would be inf)."""
+    if not abs(c) <= torch.finfo(dtype).max:
+        raise ConfigError(
+            f"a merge coefficient of {c:g} is too large for {str(dtype).removeprefix('torch.')} "
+            "weights; use smaller weights or lambda"
+        )
+
+
 @dataclass(frozen=True)
 class MergePlan:
     """A validated merge: method, members (in order), resolved parameters."""
@@ -131,6 +140,8 @@ class MergePlan:
             return out.copy_(base)
         if self.method.delta_coefficients is not None:
             scale, coeffs = self.method.delta_coefficients(self.params, self.model_params)
+            for c in (scale, *coeffs):
+                check_coefficient(c, out.dtype)
             if scale == 1.0:
                 out.copy_(base)
             else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,7 @@ from server.engines.base import Engine
 from server.interceptors import AdminAuth, ServiceInterceptor
 from server.pb.cocktail.v1 import gateway_pb2 as pb
 from server.pb.cocktail.v1 import gateway_pb2_grpc as pb_grpc
+from server.ratelimit import RateLimiter
 from server.registry import Registry
 from server.service import GatewayService
 from server.servicers import AdminServicer, GatewayServicer
@@ -68,6 +70,7 @@ class GatewayServer:
         self.service = GatewayService(settings, self.engine, self.registry)
         self.health = health.aio.HealthServicer()
         self._servers: list[grpc.aio.Server] = []
+        self._interceptors: list[ServiceInterceptor] = []
         self._poller: asyncio.Task[None] | None = None
         self._metrics_server: object | None = None
         self.port = 0
@@ -120,9 +123,12 @@ class GatewayServer:
                 s.metrics_host, s.metrics_port
             )
 
-        gateway = self._new_server(ServiceInterceptor())
+        gateway_calls = ServiceInterceptor(limiter=self._rate_limiter())
+        admin_calls = ServiceInterceptor(auth=self._admin_auth())
+        self._interceptors = [gateway_calls, admin_calls]
+        gateway = self._new_server(gateway_calls)
         pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.service, s), gateway)
-        admin = self._new_server(ServiceInterceptor(auth=self._admin_auth()))
+        admin = self._new_server(admin_calls)
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.service, self.registry), admin)
         for server, names in ((gateway, (GATEWAY,)), (admin, (ADMIN,))):
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -156,6 +162,13 @@ class GatewayServer:
             self._poller = asyncio.get_running_loop().create_task(self._poll_store())
         log.info("ready: %d deltas, engine %s", len(self.registry.records()), self.engine.kind)
 
+    def _rate_limiter(self) -> RateLimiter | None:
+        lim = self.settings.limits
+        if lim.requests_per_second_per_client <= 0:
+            return None
+        rate = lim.requests_per_second_per_client
+        return RateLimiter(rate, lim.burst_per_client or max(1, math.ceil(rate)))
+
     def _admin_auth(self) -> AdminAuth:
         s = self.settings
         token = None
@@ -175,20 +188,34 @@ class GatewayServer:
 
     # -- shutdown ----------------------------------------------------------------
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING first, finish in-flight requests, then stop."""
+        """Drain: health NOT_SERVING first, finish in-flight requests, then stop.
+
+        New calls are refused (UNAVAILABLE) from the first moment; calls already
+        admitted, Gateway and Admin alike, finish (up to ``grace`` seconds). Only
+        then do the servers stop, cutting what is left: health watches and
+        reflection streams, which would otherwise hold the process for ``grace``.
+        """
         if self.draining:
             return
         self.draining = True
         grace = self.settings.drain_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        for interceptor in self._interceptors:
+            interceptor.draining = True
         metrics.ENGINE_READY.set(0)
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+
+        async def quiesce() -> None:
+            await self.service.close()
+            while any(i.active for i in self._interceptors):
+                await asyncio.sleep(0.01)
+
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.service.close(), timeout=grace)
-        await asyncio.gather(*(server.stop(grace) for server in self._servers))
+            await asyncio.wait_for(quiesce(), timeout=grace)
+        await asyncio.gather(*(server.stop(min(grace, 1.0)) for server in self._servers))
         await self.engine.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()  # type: ignore[attr-defined]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from merger.commands import add_commands as add_merger_commands
 from merger.errors import MergeError
@@ -34,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; returns its exit code."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -49,5 +54,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def finish(args: argparse.Namespace, code: int) -> NoReturn:
+    """Exit the process after a command, skipping interpreter teardown where it is safe.
+
+    Tearing down an interpreter that has imported torch takes ~0.5 s (measured
+    0.45-0.56 s on a 2-core host), paid after a one-shot command's work is done.
+    Commands that opt in with ``set_defaults(fast_exit=True)`` have closed and
+    synced every file they write before they return and leave no child processes,
+    temporary folders or atexit work behind, so for them the process ends with
+    ``os._exit`` once stdout, stderr and logging are flushed. Others exit normally.
+    """
+    if getattr(args, "fast_exit", False):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def run() -> NoReturn:
+    """The ``cocktail`` console script."""
+    args = build_parser().parse_args()
+    finish(args, dispatch(args))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -6,7 +6,10 @@ line of the call carries, maps typed errors to gRPC statuses by type (unknown
 exceptions become INTERNAL and are logged with the request id and traceback;
 the client sees only the id), and records ``cocktail_requests_total`` and the
 latency histogram. With ``auth`` set it also authenticates every call
-(the Admin server).
+(the Admin server); with ``limiter`` set it applies a per-client request rate
+(the Gateway server). Requests are parsed after both, so unauthenticated or
+rate-limited callers cost no parsing, and bytes that are not a valid message
+are INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from server import metrics
-from server.errors import Unauthenticated, status_of
+from server.errors import InvalidArgument, Unauthenticated, Unavailable, status_of
+from server.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,15 @@ class RequestIdFilter(logging.Filter):
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def client_id(context: grpc.aio.ServicerContext) -> str:
+    """Who is calling, for per-client limits: ``x-client-id`` metadata, else the peer host."""
+    md = _metadata(context)
+    if md.get("x-client-id"):
+        return md["x-client-id"][:128]
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 class AdminAuth:
@@ -73,8 +87,11 @@ class AdminAuth:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: AdminAuth | None = None) -> None:
+    def __init__(self, auth: AdminAuth | None = None, limiter: RateLimiter | None = None) -> None:
         self._auth = auth
+        self._limiter = limiter
+        self.active = 0  # calls of our services being handled (not health, not reflection)
+        self.draining = False  # once set, new calls are refused with UNAVAILABLE
 
     async def intercept_service(
         self,
@@ -87,16 +104,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         service, _, rpc = details.method.rpartition("/")
         if not service.startswith("/cocktail."):
             return handler  # health, reflection: untouched
+        # The request is parsed inside the wrapper (after authentication), so that
+        # bytes that are not a valid message are INVALID_ARGUMENT with a request id,
+        # not grpc's own UNKNOWN.
+        parse = handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(rpc, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(rpc, handler.unary_unary, parse),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(rpc, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(rpc, handler.unary_stream, parse),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -106,6 +125,23 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         token = REQUEST_ID.set(rid)
         context.set_trailing_metadata((("x-request-id", rid),))
         return token
+
+    def _prepare(
+        self, context: grpc.aio.ServicerContext, raw: Any, parse: Callable[[bytes], Any] | None
+    ) -> Any:
+        """Authenticate the call, apply the client's rate limit, then parse its request bytes."""
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        if self._auth is not None:
+            self._auth.check(context)
+        if self._limiter is not None:
+            self._limiter.check(client_id(context))
+        if parse is None:
+            return raw
+        try:
+            return parse(raw)
+        except DecodeError as e:
+            raise InvalidArgument(f"the request is not a valid protobuf message: {e}") from None
 
     async def _fail(self, rpc: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         code = status_of(exc)
@@ -122,15 +158,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(code, message)
 
     def _wrap_unary(
-        self, rpc: str, inner: Callable[..., Awaitable[Any]]
+        self,
+        rpc: str,
+        inner: Callable[..., Awaitable[Any]],
+        parse: Callable[[bytes], Any] | None,
     ) -> Callable[..., Awaitable[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapper(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             token = None
+            self.active += 1
             try:
                 token = self._begin(context)
-                if self._auth is not None:
-                    self._auth.check(context)
+                request = self._prepare(context, raw, parse)
                 response = await inner(request, context)
                 metrics.REQUESTS.labels(rpc, "OK").inc()
                 return response
@@ -142,6 +181,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 await self._fail(rpc, context, exc)
             finally:
+                self.active -= 1
                 metrics.REQUEST_SECONDS.labels(rpc).observe(time.perf_counter() - t0)
                 if token is not None:
                     REQUEST_ID.reset(token)
@@ -149,15 +189,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _wrap_stream(
-        self, rpc: str, inner: Callable[..., AsyncIterator[Any]]
+        self,
+        rpc: str,
+        inner: Callable[..., AsyncIterator[Any]],
+        parse: Callable[[bytes], Any] | None,
     ) -> Callable[..., AsyncIterator[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def wrapper(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             t0 = time.perf_counter()
             token = None
+            self.active += 1
             try:
                 token = self._begin(context)
-                if self._auth is not None:
-                    self._auth.check(context)
+                request = self._prepare(context, raw, parse)
                 async for item in inner(request, context):
                     yield item
                 metrics.REQUESTS.labels(rpc, "OK").inc()
@@ -169,6 +212,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 await self._fail(rpc, context, exc)
             finally:
+                self.active -= 1
                 metrics.REQUEST_SECONDS.labels(rpc).observe(time.perf_counter() - t0)
                 if token is not None:
                     REQUEST_ID.reset(token)

@@ -19,8 +19,11 @@ it cannot use (another base, a broken file) once, not at every poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +34,15 @@ from merger.delta import compress_delta
 from merger.errors import ConfigError, IncompatibleError, MergeError
 from server import metrics
 from server.engines.base import Engine
-from server.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +97,27 @@ def confine(source: str, roots: tuple[Path, ...]) -> Path:
                 f"{entry.name} in source_path is not a regular file (device, FIFO or socket)"
             )
     return real
+
+
+def store_error(e: OSError, root: Path) -> GatewayError | None:
+    """The status for a failed write to the delta store, or None if ``e`` is not one.
+
+    A full store (ENOSPC, EDQUOT) is RESOURCE_EXHAUSTED; a read-only or
+    unwritable one is FAILED_PRECONDITION: the operator must fix the volume.
+    Only the store is written, so these errnos always concern it.
+    """
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(
+            f"the delta store {root} is full ({os.strerror(e.errno)}); nothing was changed: "
+            "free space or grow the volume, then retry"
+        )
+    in_store = e.filename is not None and Path(os.fsdecode(e.filename)).is_relative_to(root)
+    if e.errno == errno.EROFS or (e.errno in (errno.EACCES, errno.EPERM) and in_store):
+        return FailedPrecondition(
+            f"the delta store {root} is not writable ({os.strerror(e.errno)}); nothing was "
+            "changed: make the volume writable, then retry"
+        )
+    return None
 
 
 class Registry:
@@ -211,6 +243,7 @@ class Registry:
                     f"delta {name!r} is already registered; remove it first or set replace"
                 )
             target = self.store.replacement_path(name) if exists else self.store.path_of(name)
+            staged = target
             try:
                 await asyncio.to_thread(
                     compress_delta,
@@ -230,10 +263,17 @@ class Registry:
                     target = self.store.path_of(name)
                 record = read_record(target)
                 await self.engine.add_delta(name, target)
-            except BaseException:
+            except BaseException as e:
                 # Nothing acknowledged: leave the store as it was.
-                if not exists and target.exists():
-                    await asyncio.to_thread(self.store.remove, name)
+                with contextlib.suppress(OSError):
+                    if not exists and target.exists():
+                        await asyncio.to_thread(self.store.remove, name)
+                    elif exists and staged.exists():  # a replacement that was never swapped in
+                        await asyncio.to_thread(shutil.rmtree, staged)
+                mapped = store_error(e, self.store.root) if isinstance(e, OSError) else None
+                if mapped is not None:
+                    log.warning("registering %s failed: %s", name, e)
+                    raise mapped from e
                 raise
             self._records[name] = record
             self._publish()
@@ -242,14 +282,22 @@ class Registry:
 
     async def remove(self, name: str, in_use: Callable[[str], bool]) -> DeltaRecord:
         async with self._lock:
-            record = self._records.pop(name, None)
+            record = self._records.get(name)
             if record is None:
                 raise NotFound(f"delta {name!r} is not registered")
-            self._publish()  # no new request picks it from now on
+            # Off the disk first (one atomic rename): if that fails, nothing has changed.
             try:
                 await asyncio.to_thread(self.store.remove, name)
             except MergeError as e:
                 raise IncompatibleError(str(e)) from e
+            except OSError as e:
+                mapped = store_error(e, self.store.root)
+                if mapped is None:
+                    raise
+                log.warning("removing %s failed: %s", name, e)
+                raise mapped from e
+            self._records.pop(name)
+            self._publish()  # no new request picks it from now on
             await self._wait_unused(name, in_use)
             await self.engine.remove_delta(name)
             log.info("removed delta %s", name)

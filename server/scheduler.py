@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import time
 from collections import OrderedDict, deque
@@ -48,6 +49,8 @@ class Job(Generic[P]):
     seq: int = 0
     # Set by the scheduler for the batch that made its key live.
     switch_info: Any = None
+    # The submitter's context (its request id): the batch and the switch run in it.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
     @property
     def cancelled(self) -> bool:
@@ -184,8 +187,11 @@ class Scheduler(Generic[P]):
                 self._drop_cancelled()
                 if key not in self._queues:
                     continue
+                first = self._queues[key][0]
                 try:
-                    switch_info = await self._switch(key)
+                    switch_info = await first.context.run(
+                        asyncio.get_running_loop().create_task, self._switch(key)
+                    )
                 except Exception as e:  # the merge failed: fail this key's waiters only
                     self._fail_key(key, e)
                     self._live = None
@@ -203,7 +209,10 @@ class Scheduler(Generic[P]):
             if not batch:
                 continue
             batch[0].switch_info = switch_info
-            task = asyncio.get_running_loop().create_task(self._run(key, batch))
+            # In the first job's context, so that log lines carry its request id.
+            task = batch[0].context.run(
+                asyncio.get_running_loop().create_task, self._run(key, batch)
+            )
             self._running.add(task)
             if not self.concurrent_batches:
                 await self._drain()

@@ -132,12 +132,18 @@ class GatewayService:
         )
         self._in_flight_by_client: dict[str, int] = {}
         self._in_flight = 0
+        self._draining = False
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
         self.scheduler.start()
 
     async def close(self) -> None:
+        """Drain: refuse new requests, let every admitted one finish (whatever its phase:
+        scoring, queued, generating), then stop the scheduler."""
+        self._draining = True
+        while self._in_flight:
+            await asyncio.sleep(0.01)
         await self.scheduler.close()
 
     @property
@@ -149,14 +155,14 @@ class GatewayService:
         if not self.engine.ready:
             raise Unavailable("the gateway is warming up (loading the base model); retry shortly")
 
-    def _check_limits(self, cmd: GenerateCommand) -> None:
+    def _check_examples(self, examples: tuple[tuple[str, str], ...]) -> None:
         lim = self.settings.limits
-        if len(cmd.examples) > lim.max_examples:
+        if len(examples) > lim.max_examples:
             raise InvalidArgument(
-                f"{len(cmd.examples)} task_examples exceed limits.max_examples={lim.max_examples}; "
+                f"{len(examples)} task_examples exceed limits.max_examples={lim.max_examples}; "
                 "send fewer examples (LM-Cocktail needs about 5)"
             )
-        for i, (inp, out) in enumerate(cmd.examples):
+        for i, (inp, out) in enumerate(examples):
             if not out:
                 raise InvalidArgument(
                     f"task_examples[{i}].output is empty; every example needs an output to score"
@@ -166,6 +172,10 @@ class GatewayService:
                     f"task_examples[{i}] has {len(inp) + len(out)} characters, over "
                     f"limits.max_example_chars={lim.max_example_chars}; shorten it"
                 )
+
+    def _check_limits(self, cmd: GenerateCommand) -> None:
+        lim = self.settings.limits
+        self._check_examples(cmd.examples)
         if not cmd.prompt:
             raise InvalidArgument("prompt is empty; send the text to answer")
         if len(cmd.prompt) > lim.max_prompt_chars:
@@ -241,7 +251,7 @@ class GatewayService:
             )
         if len(candidates) == 1:
             tw = TaskWeights(weights={candidates[0].name: 1.0}, losses={}, candidates=candidates)
-            self.task_weights.put(fp, tw)
+            self._remember(fp, tw)
             return tw, False, 0.0
         t0 = time.perf_counter()
         losses = await self.scheduler.submit(
@@ -251,8 +261,12 @@ class GatewayService:
         metrics.SCORING_SECONDS.observe(seconds)
         weights = self._weights_from_losses(losses)
         tw = TaskWeights(weights=weights, losses=losses, candidates=candidates)
-        self.task_weights.put(fp, tw)
+        self._remember(fp, tw)
         return tw, False, seconds
+
+    def _remember(self, fp: str, tw: TaskWeights) -> None:
+        if self.settings.caches.task_weights_entries > 0:  # 0 disables the cache
+            self.task_weights.put(fp, tw)
 
     def _weights_from_losses(self, losses: Mapping[str, float]) -> dict[str, float]:
         """softmax(−loss/T), weights under the threshold dropped, renormalized, rounded."""
@@ -296,6 +310,7 @@ class GatewayService:
                     submit.result()  # raises the batch's error
                     continue
                 item = getter.result()
+                request.started = True
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, Finished):
@@ -315,6 +330,8 @@ class GatewayService:
             self._leave(cmd.client)
 
     def _enter(self, client: str) -> None:
+        if self._draining:
+            raise Unavailable("the gateway is shutting down; retry on another replica")
         cap = self.settings.limits.max_in_flight_per_client
         if cap and client and self._in_flight_by_client.get(client, 0) >= cap:
             raise ResourceExhausted(
@@ -351,28 +368,77 @@ class GatewayService:
         swap = jobs[0].switch_info or SwapResult(0.0, True, False)
         requests = [j.payload.request for j in jobs if isinstance(j.payload, _GenJob)]
         if requests:
-            await self.engine.generate(requests)
+            await self._generate_isolated(requests)
         for i, job in enumerate(jobs):
             if not job.future.done():
                 job.future.set_result(swap if i == 0 else SwapResult(0.0, True, False))
 
+    async def _generate_isolated(self, requests: list[GenerationRequest]) -> None:
+        """Generate a batch; if it fails, one request's fault must not fail the others.
+
+        Requests that have produced nothing yet are run again one by one (the one
+        at fault fails alone); requests already streaming get the batch's error.
+        """
+        try:
+            await self.engine.generate(requests)
+            return
+        except Exception as exc:
+            if len(requests) == 1:
+                raise
+            ids = ", ".join(r.request_id for r in requests)
+            log.warning(
+                "a batch of %d failed (%r); retrying one by one: %s", len(requests), exc, ids
+            )
+            failed = exc
+        for r in requests:
+            if r.cancelled:
+                continue
+            if r.started or not r.out.empty():
+                r.out.put_nowait(failed)
+                continue
+            try:
+                await self.engine.generate([r])
+            except Exception as e:
+                r.out.put_nowait(e)
+
     async def _score_batch(self, jobs: list[Job[Any]]) -> None:
+        try:
+            await self._score_jobs(jobs)
+        except Exception as exc:
+            if len(jobs) == 1:
+                raise
+            log.warning(
+                "scoring %d tasks together failed (%r); scoring them one by one", len(jobs), exc
+            )
+            for job in jobs:
+                try:
+                    await self._score_jobs([job])
+                except Exception as e:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+        finally:
+            self.scheduler.invalidate()  # scoring swapped the engine's weights
+
+    async def _score_jobs(self, jobs: list[Job[Any]]) -> None:
         names = sorted({n for j in jobs for n in j.payload.candidates})
         losses = await self.engine.score(
             [j.payload.examples for j in jobs], names, self.settings.scoring.max_example_tokens
         )
-        self.scheduler.invalidate()
         for job, per_task in zip(jobs, losses, strict=True):
             if not job.future.done():
                 job.future.set_result({n: per_task[n] for n in job.payload.candidates})
 
     # -- other queries -----------------------------------------------------------
-    async def score_only(self, examples: tuple[tuple[str, str], ...], task_id: str) -> MergeChoice:
+    async def score_only(
+        self, examples: tuple[tuple[str, str], ...], task_id: str, client: str = ""
+    ) -> MergeChoice:
         self._check_ready()
-        for i, (_inp, out) in enumerate(examples):
-            if not out:
-                raise InvalidArgument(f"task_examples[{i}].output is empty")
-        tw, hit, seconds = await self.task_weights_for(examples, task_id)
+        self._check_examples(examples)
+        self._enter(client)
+        try:
+            tw, hit, seconds = await self.task_weights_for(examples, task_id)
+        finally:
+            self._leave(client)
         by_name = {c.name: c for c in tw.candidates}
         key = MergeKey.build(
             self.settings.default_method, {by_name[n]: w for n, w in tw.weights.items()}
@@ -389,8 +455,17 @@ class GatewayService:
         """Pin a merge in the hot-merge cache and materialize it now."""
         self._check_ready()
         key = self.merge_key_for(merge)
+        already = key in self.engine.stats().merges.pinned
         self.engine.pin(key)
-        await self.scheduler.submit(key, _WarmJob())
+        self._enter("")
+        try:
+            await self.scheduler.submit(key, _WarmJob())
+        except BaseException:
+            if not already:
+                self.engine.unpin(key)  # a merge that cannot be materialized stays unpinned
+            raise
+        finally:
+            self._leave("")
         return key
 
     def uses(self, name: str) -> bool:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from server.engines.base import Sampling
 from server.errors import InvalidArgument
-from server.interceptors import REQUEST_ID
+from server.interceptors import REQUEST_ID, client_id
 from server.pb.cocktail.v1 import gateway_pb2 as pb
 from server.pb.cocktail.v1 import gateway_pb2_grpc as pb_grpc
 from server.registry import DeltaRecord, RegisterOptions, Registry
@@ -46,26 +47,42 @@ def to_sampling(p: pb.SamplingParams, settings: Settings) -> Sampling:
     )
 
 
-def to_explicit_merge(m: pb.MergeSpec) -> ExplicitMerge:
-    params: dict[str, Any] = json_format.MessageToDict(m.params) if m.HasField("params") else {}
-    for key, value in params.items():
-        if isinstance(value, (dict, list)):
+def _param_value(key: str, value: struct_pb2.Value) -> Any:
+    """One ``merge.params`` value: a finite number, a string, a boolean or null."""
+    kind = value.WhichOneof("kind")
+    if kind in ("struct_value", "list_value"):
+        raise InvalidArgument(
+            f"merge.params[{key!r}] must be a number, string or boolean, not a "
+            f"{'dict' if kind == 'struct_value' else 'list'}"
+        )
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
             raise InvalidArgument(
-                f"merge.params[{key!r}] must be a number, string or boolean, not a {type(value).__name__}"
+                f"merge.params[{key!r}] is {value.number_value}; parameters must be finite numbers"
             )
+        return value.number_value
+    if kind in ("string_value", "bool_value"):
+        return getattr(value, kind)
+    return None
+
+
+def has_merge(req: pb.GenerateRequest) -> bool:
+    """Whether the request names an explicit merge (any of its fields set)."""
+    if not req.HasField("merge"):
+        return False
+    m = req.merge
+    return bool(
+        m.weights or m.method or m.HasField("density") or m.HasField("lambda_") or m.params.fields
+    )
+
+
+def to_explicit_merge(m: pb.MergeSpec) -> ExplicitMerge:
+    params: dict[str, Any] = {k: _param_value(k, v) for k, v in m.params.fields.items()}
     if m.HasField("density"):
         params["density"] = float(m.density)
     if m.HasField("lambda_"):
         params["lambda"] = float(m.lambda_)
     return ExplicitMerge(method=m.method, weights=dict(m.weights), params=params)
-
-
-def _client(context: grpc.aio.ServicerContext) -> str:
-    md = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-    if md.get("x-client-id"):
-        return md["x-client-id"][:128]
-    peer = context.peer() or ""
-    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 def to_command(
@@ -77,8 +94,8 @@ def to_command(
         prompt=req.prompt,
         sampling=to_sampling(req.sampling, settings),
         task_id=req.task_id,
-        merge=to_explicit_merge(req.merge) if req.HasField("merge") and req.merge.weights else None,
-        client=_client(context),
+        merge=to_explicit_merge(req.merge) if has_merge(req) else None,
+        client=client_id(context),
     )
 
 
@@ -125,50 +142,47 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     ) -> pb.GenerateResponse:
         cmd = to_command(request, self._settings, context)
         parts: list[str] = []
-        async for event in self._service.generate(cmd):
-            if isinstance(event, Completed):
-                return pb.GenerateResponse(
-                    text="".join(parts),
-                    merge=merge_info(event.merge, event.swap.seconds, event.swap.cache_hit),
-                    usage=pb.Usage(
-                        prompt_tokens=event.usage.prompt_tokens,
-                        completion_tokens=event.usage.completion_tokens,
-                    ),
-                    finish_reason=event.usage.finish_reason,
-                    request_id=cmd.request_id,
-                )
-            parts.append(event.text)
+        async with contextlib.aclosing(self._service.generate(cmd)) as events:
+            async for event in events:
+                if isinstance(event, Completed):
+                    return pb.GenerateResponse(
+                        text="".join(parts),
+                        merge=merge_info(event.merge, event.swap.seconds, event.swap.cache_hit),
+                        usage=pb.Usage(
+                            prompt_tokens=event.usage.prompt_tokens,
+                            completion_tokens=event.usage.completion_tokens,
+                        ),
+                        finish_reason=event.usage.finish_reason,
+                        request_id=cmd.request_id,
+                    )
+                parts.append(event.text)
         raise RuntimeError("generation ended without a result")
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         cmd = to_command(request, self._settings, context)
-        async for event in self._service.generate(cmd):
-            if isinstance(event, Completed):
-                yield pb.GenerateStreamResponse(
-                    finished=True,
-                    merge=merge_info(event.merge, event.swap.seconds, event.swap.cache_hit),
-                    usage=pb.Usage(
-                        prompt_tokens=event.usage.prompt_tokens,
-                        completion_tokens=event.usage.completion_tokens,
-                    ),
-                    finish_reason=event.usage.finish_reason,
-                    request_id=cmd.request_id,
-                )
-                return
-            yield pb.GenerateStreamResponse(text=event.text, request_id=cmd.request_id)
+        async with contextlib.aclosing(self._service.generate(cmd)) as events:
+            async for event in events:
+                if isinstance(event, Completed):
+                    yield pb.GenerateStreamResponse(
+                        finished=True,
+                        merge=merge_info(event.merge, event.swap.seconds, event.swap.cache_hit),
+                        usage=pb.Usage(
+                            prompt_tokens=event.usage.prompt_tokens,
+                            completion_tokens=event.usage.completion_tokens,
+                        ),
+                        finish_reason=event.usage.finish_reason,
+                        request_id=cmd.request_id,
+                    )
+                    return
+                yield pb.GenerateStreamResponse(text=event.text, request_id=cmd.request_id)
 
     async def ScoreTask(
         self, request: pb.ScoreTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreTaskResponse:
-        lim = self._settings.limits
-        if len(request.task_examples) > lim.max_examples:
-            raise InvalidArgument(
-                f"{len(request.task_examples)} task_examples exceed limits.max_examples={lim.max_examples}"
-            )
         examples = tuple((e.input, e.output) for e in request.task_examples)
-        choice = await self._service.score_only(examples, request.task_id)
+        choice = await self._service.score_only(examples, request.task_id, client_id(context))
         return pb.ScoreTaskResponse(merge=merge_info(choice))
 
 

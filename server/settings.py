@@ -47,6 +47,12 @@ class Limits(_Section):
         0, ge=0, description="concurrent requests per client (peer address); 0 = unlimited"
     )
     max_merge_models: int = Field(16, ge=1, description="variants in one merge")
+    requests_per_second_per_client: float = Field(
+        0.0, ge=0, description="Gateway requests per second per client (token bucket); 0 = off"
+    )
+    burst_per_client: int = Field(
+        0, ge=0, description="requests a client may send at once; 0 = the rate, at least 1"
+    )
 
     _coerce = field_validator("max_request_bytes", mode="before")(_bytes)
 
@@ -83,7 +89,9 @@ class Scoring(_Section):
 
 
 class Caches(_Section):
-    task_weights_entries: int = Field(4096, ge=0)
+    task_weights_entries: int = Field(
+        4096, ge=0, description="task -> weights entries kept; 0 disables the cache"
+    )
     merge_bytes: int = Field(
         2 * 1024**3, ge=0, description="hot-merge cache budget in bytes; 0 keeps no merge"
     )

@@ -1,16 +1,18 @@
 """Run a merge plan: read each job's inputs lazily, merge, stream the result to disk.
 
 One output tensor at a time: peak memory is that tensor's inputs, the method's
-scratch and its result — a few tensors, whatever the model size. Inputs are
-read straight from the memory-mapped safetensors files in their stored dtype
-(converted only when the config names a ``dtype``), a tensor shared by two
-roles (the base of an optional-base method) is read once, and the result is
-written by :class:`~merger.io.ShardedWriter` at its final offset.
+scratch, its result and the previous result being written — a few tensors,
+whatever the model size. Inputs are read straight from the memory-mapped
+safetensors files in their stored dtype (converted only when the config names
+a ``dtype``), a tensor shared by two roles (the base of an optional-base
+method) is read once, and the result is written by
+:class:`~merger.io.ShardedWriter` at its final offset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from tqdm.auto import tqdm
@@ -99,13 +101,27 @@ def execute(
     stats: Mapping[int, Checkpoint] | None = None,
     progress: bool = True,
 ) -> None:
-    """Compute and write every job's tensor, in plan order."""
+    """Compute and write every job's tensor, in plan order.
+
+    Writing overlaps computing: a background thread copies tensor k into its
+    shard (``os.pwrite`` releases the GIL) while tensor k + 1 is merged. At most
+    one finished tensor waits to be written, so peak memory grows by one output
+    tensor at most; a failed write raises here, before the next one starts.
+    """
     read = _Reader(models, load_dtype, device)
     bar = tqdm(total=len(jobs), unit="tensor", desc=f"{method.name} merge", disable=not progress)
+    pending: Future[None] | None = None
     try:
-        for job in jobs:
-            writer.write(job.spec.name, run_job(job, method, read, stats, device))
-            models.close()  # unmap the inputs: touched pages would otherwise stay in RSS
-            bar.update(1)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocktail-write") as pool:
+            for job in jobs:
+                out = run_job(job, method, read, stats, device)
+                models.close()  # unmap the inputs: touched pages would otherwise stay in RSS
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write, job.spec.name, out)
+                del out
+                bar.update(1)
+            if pending is not None:
+                pending.result()
     finally:
         bar.close()

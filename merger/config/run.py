@@ -17,6 +17,7 @@ from merger.config.output import copy_tokenizer, model_card
 from merger.config.prepare import MergePlan, plan_merge
 from merger.config.sources import Models
 from merger.errors import ConfigError
+from merger.heap import retain_freed_memory
 from merger.io import Checkpoint, ShardedWriter, parse_size
 from merger.io.checkpoint import INDEX_FILE
 
@@ -73,7 +74,8 @@ def run_merge(
             stats = None
             if plan.method.needs_data:
                 stats = _collect_stats(plan, examples, Path(tmp), device)
-            _write(out, plan, stats, out_shard_size, device, progress)
+            with retain_freed_memory():
+                _write(out, plan, stats, out_shard_size, device, progress)
         (out / "config.json").write_text(json.dumps(plan.out_config, indent=2) + "\n")
         if not copy_tokenizer(plan.tokenizer_dir, out):
             LOG.warning("no tokenizer files in %s; add them to %s by hand", plan.tokenizer_dir, out)

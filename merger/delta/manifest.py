@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from merger.errors import CorruptError, IncompatibleError, NotFoundError
 
@@ -90,18 +90,18 @@ class SparsifierInfo(_Frozen):
 class TensorEntry(_Frozen):
     """One tensor of the delta: what it is, how it is stored, and its checksum."""
 
-    shape: tuple[int, ...]
+    shape: tuple[NonNegativeInt, ...]
     dtype: str  # the base tensor's dtype; a dense delta has this dtype
     value_dtype: str  # dtype of the stored values
-    nnz: int  # values kept by the sparsifier (numel for dense, 0 for zero)
+    nnz: NonNegativeInt  # values kept by the sparsifier (numel for dense, 0 for zero)
     mask: MaskKind
     file: str | None = None  # shard holding its arrays (None for zero)
     keys: dict[str, str] = {}  # role (values, positions, scales; a, b) -> key in file
     # LoRA scale of a lowrank entry (δ = scale · b @ a); absent from other entries' JSON.
     scale: float | None = Field(default=None, exclude_if=lambda v: v is None)
     sha256: str | None = None
-    stored_bytes: int  # bytes of its arrays in the shard
-    dense_bytes: int  # numel × itemsize of ``dtype``
+    stored_bytes: NonNegativeInt  # bytes of its arrays in the shard
+    dense_bytes: NonNegativeInt  # numel × itemsize of ``dtype``
 
     @property
     def numel(self) -> int:
@@ -199,4 +199,8 @@ def load_manifest(path: str | Path) -> DeltaManifest:
             f"{path} is not a compressed delta: it has no {MANIFEST_FILE} "
             "(make one with `cocktail compress`)"
         )
-    return parse_manifest(file.read_text(), str(file))
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptError(f"{file} is not UTF-8 text: {e}") from e
+    return parse_manifest(text, str(file))

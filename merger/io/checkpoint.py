@@ -119,8 +119,18 @@ class Checkpoint:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as e:
+            except (ValueError, KeyError, TypeError) as e:
                 raise CorruptError(f"{index} is not a valid safetensors index: {e}") from e
+            if not isinstance(weight_map, dict):
+                raise CorruptError(
+                    f"{index} is not a valid safetensors index: no weight_map object"
+                )
+            for f in set(weight_map.values()):
+                if not isinstance(f, str) or Path(f).name != f or f in (".", ".."):
+                    raise CorruptError(
+                        f"{index} lists the shard {f!r}; shards must be plain file names in "
+                        f"{self.path} (no folders, no '..')"
+                    )
             files = sorted({self.path / f for f in weight_map.values()})
             missing = [f.name for f in files if not f.is_file()]
             if missing:
@@ -183,7 +193,12 @@ class Checkpoint:
     def get(
         self, name: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
     ) -> torch.Tensor:
-        """Read one tensor (a fresh copy, never a view into the mapped file)."""
+        """Read one tensor.
+
+        Without a dtype or device change the tensor is backed by safetensors'
+        private (copy-on-write) mapping of the file: reading it copies nothing,
+        and writing to it never reaches the file.
+        """
         info = self.info(name)
         try:
             t = self._handle(info.file).get_tensor(name)

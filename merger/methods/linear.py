@@ -26,6 +26,7 @@ from merger.methods.base import (
     Params,
     TensorContext,
 )
+from merger.methods.blocks import blocks
 from merger.methods.registry import register
 
 
@@ -60,11 +61,16 @@ def linear(
         raise ConfigError(f"linear: tensor {ctx.name!r} is {first.dtype}; it needs floating point")
     work = torch.float64 if first.dtype == torch.float64 else torch.float32
     scale = _scale(params, model_params)
-    out = torch.zeros(first.shape, dtype=work, device=first.device)
-    for tensor, p in zip(inputs.tensors, model_params, strict=True):
-        out.add_(tensor.to(work), alpha=p.weight)
-    if scale != 1.0:
-        out.mul_(scale)
+    out = torch.empty(first.shape, dtype=work, device=first.device)
+    flat = [t.reshape(-1) for t in inputs.tensors]
+    weights = [p.weight for p in model_params]
+    for sl in blocks(out.numel()):  # cache-sized blocks: each input is read once
+        o = out.view(-1)[sl]
+        torch.mul(flat[0][sl].to(work), weights[0], out=o)  # w₀θ₀, then += wᵢθᵢ
+        for t, w in zip(flat[1:], weights[1:], strict=True):
+            o.add_(t[sl].to(work), alpha=w)
+        if scale != 1.0:
+            o.mul_(scale)
     return out.to(first.dtype)
 
 

@@ -20,10 +20,10 @@ import torch
 from pydantic import Field
 
 from merger.methods.base import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext
+from merger.methods.blocks import BLOCK, blocks
 from merger.methods.registry import register
 from merger.methods.taskvec import (
     WeightedModelParams,
-    apply,
     delta,
     require_base,
     weight_divisor,
@@ -47,13 +47,22 @@ def task_arithmetic(
     base = require_base(inputs, "task_arithmetic", ctx)
     weights = weights_of(model_params)
     dtype = work_dtype(base)
-    merged = torch.zeros(base.shape, dtype=dtype, device=base.device)
-    for theta, w in zip(inputs.tensors, weights, strict=True):
-        merged.add_(delta(theta, base, dtype), alpha=w)
     divisor = weight_divisor(weights, params.normalize, "task_arithmetic")
-    if divisor != 1.0:
-        merged.div_(divisor)
-    return apply(base, merged, params.lambda_)
+    merged = torch.empty(base.shape, dtype=dtype, device=base.device)
+    scratch = torch.empty(min(BLOCK, base.numel()), dtype=dtype, device=base.device)
+    thetas, flat_base = [t.reshape(-1) for t in inputs.tensors], base.reshape(-1)
+    for sl in blocks(base.numel()):  # cache-sized blocks: each input is read once
+        m, b = merged.view(-1)[sl], flat_base[sl]
+        sc = scratch[: m.numel()]
+        m.zero_()
+        for theta, w in zip(thetas, weights, strict=True):
+            m.add_(delta(theta[sl], b, dtype, out=sc), alpha=w)
+        if divisor != 1.0:
+            m.div_(divisor)
+        if params.lambda_ != 1.0:
+            m.mul_(params.lambda_)
+        m.add_(b if b.dtype == dtype else b.to(dtype))  # θ₀ + λ·merged (as taskvec.apply)
+    return merged.to(base.dtype)
 
 
 def task_arithmetic_coefficients(

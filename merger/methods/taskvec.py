@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from merger.dare import Rescale, magnitude_keep_count, sparsify_dense
+from merger.dare import Rescale, kth_largest, magnitude_keep_count, sparsify_dense
 from merger.errors import ConfigError
 from merger.methods.base import MergeInputs, Params, TensorContext
 
@@ -67,10 +67,14 @@ def require_base(inputs: MergeInputs, method: str, ctx: TensorContext) -> torch.
     return base
 
 
-def delta(theta: torch.Tensor, base: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """δ = θ − θ₀ in ``dtype`` (a fresh tensor, safe to modify in place)."""
-    out = theta.to(dtype, copy=True)
-    return out.sub_(base.to(dtype) if base.dtype != dtype else base)
+def delta(
+    theta: torch.Tensor, base: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """δ = θ − θ₀ in ``dtype`` (a fresh tensor, or ``out``; safe to modify in place)."""
+    if theta.dtype == base.dtype == dtype:
+        return torch.sub(theta, base, out=out)  # one pass, no copy of θ first
+    result = theta.to(dtype, copy=True).sub_(base.to(dtype) if base.dtype != dtype else base)
+    return result if out is None else out.copy_(result)
 
 
 def weight_divisor(weights: Sequence[float], normalize: bool, method: str) -> float:
@@ -101,11 +105,12 @@ def magnitude_trim(delta: torch.Tensor, density: float, rescale: Rescale) -> tor
     if k >= n:
         return delta
     mag = flat.abs()
-    threshold = mag.kthvalue(n - k + 1).values
-    keep = mag > threshold
-    missing = k - int(keep.sum())
-    if missing > 0:
-        keep[(mag == threshold).nonzero().view(-1)[:missing]] = True
+    threshold = kth_largest(mag, k)
+    keep = mag >= threshold
+    extra = int(torch.count_nonzero(keep)) - k  # threshold-equal elements beyond the k kept
+    if extra > 0:
+        ties = (mag == threshold).nonzero().view(-1)
+        keep[ties[ties.numel() - extra :]] = False
     before = float(mag.sum()) if rescale == "l1" else 0.0
     del mag
     flat.mul_(keep)
@@ -144,7 +149,13 @@ def sparsified_deltas(
             dl = magnitude_trim(dl, d, rescale)
         elif d < 1.0:
             dl = sparsify_dense(
-                dl, d, strategy=strategy, rescale=rescale, seed=seed, name=f"{i}:{ctx.name}"
+                dl,
+                d,
+                strategy=strategy,
+                rescale=rescale,
+                seed=seed,
+                name=f"{i}:{ctx.name}",
+                inplace=True,
             )
         out.append(dl)
     return out
@@ -183,15 +194,16 @@ def ties_combine(
     sign = majority(deltas, majority_sign)
     merged = torch.zeros_like(sign)
     divisor = torch.zeros_like(sign)
+    agree = torch.empty_like(sign)  # scratch, reused model after model
     for d, w in zip(deltas, weights, strict=True):
-        agree = torch.mul(d, sign).gt_(0)  # nonzero and of the elected sign
+        torch.mul(d, sign, out=agree).gt_(0)  # 1 where nonzero and of the elected sign
         if semantics == "mergekit":
             merged.addcmul_(d, agree)
             divisor.add_(agree, alpha=w)
         else:
             merged.addcmul_(d, agree, value=w)
             divisor.add_(agree)
-        del agree
+    del agree
     if semantics == "paper":
         return merged.div_(divisor.clamp_(min=1))
     if normalize:

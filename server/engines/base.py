@@ -56,6 +56,8 @@ class GenerationRequest:
     sampling: Sampling
     out: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    # Set by the consumer once it has taken an item from ``out``.
+    started: bool = False
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class RowState:
     finish_reason: str = ""
     hit_stop_string: bool = False
     generator: torch.Generator | None = None
+    error: str = ""  # why the row was abandoned (finish_reason "error")
 
 
 def _filter_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
@@ -96,14 +97,15 @@ class Decoder:
         # Hold back an incomplete multi-byte character.
         if full.endswith("\ufffd"):
             full = full[:-1]
-        for stop in row.sampling.stop:
-            cut = full.find(stop)
-            if cut >= 0:
-                if cut > len(row.text):
-                    emit(full[len(row.text) : cut])
-                row.text = full[:cut]
-                row.done, row.finish_reason, row.hit_stop_string = True, "stop", True
-                return
+        # Cut before the earliest stop string (a token may complete several at once).
+        cuts = [c for c in (full.find(stop) for stop in row.sampling.stop) if c >= 0]
+        if cuts:
+            cut = min(cuts)
+            if cut > len(row.text):
+                emit(full[len(row.text) : cut])
+            row.text = full[:cut]
+            row.done, row.finish_reason, row.hit_stop_string = True, "stop", True
+            return
         if len(full) > len(row.text):
             # Keep back a tail that could still become a stop string.
             hold = max((len(s) - 1 for s in row.sampling.stop), default=0)
@@ -154,11 +156,22 @@ class Decoder:
         step_pos = positions[:, -1:]
         while True:
             next_ids = torch.full((len(rows), 1), self.pad_id, dtype=torch.long)
+            # NaN or +inf logits (a merge whose weights overflow): that row cannot go on.
+            broken = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=-1).tolist()
             for i, row in enumerate(rows):
                 if row.done:
                     continue
                 if cancelled(i):
                     row.done, row.finish_reason = True, "cancelled"
+                    finish(i, row)
+                    continue
+                if broken[i]:
+                    row.done, row.finish_reason = True, "error"
+                    row.error = (
+                        f"the merged model produced NaN/inf logits after {len(row.generated)} "
+                        "tokens: the merge's weights are probably too large for the model's "
+                        "dtype; use smaller weights"
+                    )
                     finish(i, row)
                     continue
                 token = pick_token(logits[i], row)

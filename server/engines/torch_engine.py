@@ -26,6 +26,7 @@ responsive and no two torch calls race on the weights.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Sequence
@@ -55,6 +56,7 @@ from server.engines.base import (
     SwapResult,
 )
 from server.engines.decode import Decoder, RowState
+from server.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,9 @@ class TorchEngine(Engine):
 
     # -- lifecycle ---------------------------------------------------------------
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        # In the caller's context, so that the engine thread's log lines carry its request id.
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, ctx.run, fn, *args)
 
     async def start(self) -> None:
         await self._run(self._load)
@@ -187,11 +191,8 @@ class TorchEngine(Engine):
         return self._delta_bytes[name]
 
     def _load_delta(self, path: Path) -> dict[str, DeltaTensor]:
-        tensors = load_resident_delta(path, self.device)
-        unknown = sorted(set(tensors) - set(self._base))
-        if unknown:
-            raise ConfigError(f"delta {path} has tensors the base model lacks: {unknown[:5]}")
-        return tensors
+        shapes = {name: tuple(t.shape) for name, t in self._base.items()}
+        return load_resident_delta(path, self.device, shapes)
 
     async def remove_delta(self, name: str) -> None:
         self._deltas.pop(name, None)
@@ -200,7 +201,8 @@ class TorchEngine(Engine):
         metrics.DELTA_RESIDENT_BYTES.set(sum(self._delta_bytes.values()))
 
     def _forget_merges_using(self, name: str) -> None:
-        self._merges.evict_where(lambda key: key.uses(name))
+        # Pinned ones too: a merge of a removed or replaced delta can never be asked for again.
+        self._merges.evict_where(lambda key: key.uses(name), include_pinned=True)
         if self._live is not None and self._live.uses(name):
             self._live = None
 
@@ -249,13 +251,19 @@ class TorchEngine(Engine):
     ) -> WeightSet:
         out = self._scratch()
         for name, base in self._base.items():
-            plan.tensor(
+            merged = plan.tensor(
                 name,
                 base,
                 [None if d is None else d.get(name) for d in deltas],
                 num_layers=self._num_layers,
                 out=out[name],
             )
+            if merged.is_floating_point() and not bool(torch.isfinite(merged).all()):
+                self._spare = out  # nothing references it: reuse it for the next merge
+                raise ConfigError(
+                    f"this merge gives non-finite (inf/NaN) weights in {name!r}: its weights or "
+                    f"lambda are too large for {self.dtype}; use smaller weights"
+                )
         return out
 
     def _apply_sync(self, merge: MergeKey, cache: bool = True) -> SwapResult:
@@ -272,7 +280,7 @@ class TorchEngine(Engine):
         else:
             plan, deltas = self._plan(merge)
             weights = self._materialize(plan, deltas)
-            if cache and self._merges.put(merge, weights):
+            if cache and self._merges.capacity_bytes and self._merges.put(merge, weights):
                 self._cached_sets.add(id(weights))
             self._bind(weights)
             source, hit = "compute", False
@@ -339,6 +347,9 @@ class TorchEngine(Engine):
                 loop.call_soon_threadsafe(requests[i].out.put_nowait, text)
 
         def finish(i: int, row: RowState) -> None:
+            if row.error:
+                loop.call_soon_threadsafe(requests[i].out.put_nowait, InvalidArgument(row.error))
+                return
             done = Finished(
                 prompt_tokens=len(row.prompt_ids),
                 completion_tokens=len(row.generated),

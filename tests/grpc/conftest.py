@@ -21,6 +21,21 @@ from tests.fixtures.models import make_finetuned, make_llama
 TOKEN = "s3cret-admin-token"
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many fuzzed inputs each RPC got, by status (tests/grpc/fuzzing.py)."""
+    from tests.grpc.fuzzing import COUNTS
+
+    if not COUNTS:
+        return
+    by_rpc: dict[str, list[str]] = {}
+    for (rpc, code), n in sorted(COUNTS.items()):
+        by_rpc.setdefault(rpc, []).append(f"{code} {n}")
+    total = sum(COUNTS.values())
+    terminalreporter.write_sep("-", f"fuzzing: {total} inputs tried")
+    for rpc, parts in by_rpc.items():
+        terminalreporter.write_line(f"{rpc}: {', '.join(parts)}")
+
+
 @dataclass
 class Gateway:
     server: GatewayServer

@@ -310,6 +310,7 @@ def test_cli_process_and_error_exit(
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "o" / "model.safetensors").is_file()
+    assert "merged model written to" in run.stdout  # flushed before the fast exit
     bad = tmp_path / "bad.yml"
     bad.write_text("merge_method: ties\nmodels:\n  - model: x\n    parameters: {densty: 0.5}\n")
     run = subprocess.run(

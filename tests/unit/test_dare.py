@@ -10,12 +10,13 @@ import torch
 from merger.dare import (
     check_density,
     density_from_drop_rate,
+    kth_largest,
     magnitude_keep_count,
     sparsify,
     sparsify_dense,
 )
 from merger.errors import ConfigError
-from merger.hashmask import random_keep_indices
+from merger.hashmask import random_keep_indices, random_keep_mask
 
 
 def seeded(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -144,3 +145,53 @@ def test_values_keep_the_delta_dtype() -> None:
     assert sp.values.dtype == torch.bfloat16
     expected = (delta.reshape(-1)[sp.indices.long()].float() / 0.5).to(torch.bfloat16)
     assert torch.equal(sp.values, expected)
+
+
+@pytest.mark.parametrize("rescale", [True, False, "l1"])
+def test_dense_random_dare_is_the_masked_delta_rescaled_bit_for_bit(rescale: object) -> None:
+    # Applied chunk by chunk in place; must equal masking the whole tensor, then rescaling.
+    delta = seeded((3 * 65_536 + 123,), 10)
+    d = 0.37
+    mask = random_keep_mask(6, "w", delta.numel(), d)
+    kept = delta * mask
+    if rescale is True:
+        want = kept / d
+    elif rescale == "l1":
+        want = kept * (delta.abs().sum() / kept.abs().sum())
+    else:
+        want = kept
+    original = delta.clone()
+    got = sparsify_dense(delta, d, seed=6, name="w", rescale=rescale)  # type: ignore[arg-type]
+    assert torch.equal(got, want)
+    assert torch.equal(delta, original)  # not in place unless asked
+    same = sparsify_dense(delta, d, seed=6, name="w", rescale=rescale, inplace=True)  # type: ignore[arg-type]
+    assert same is delta and torch.equal(delta, want)
+
+
+def _kth_cases() -> list[torch.Tensor]:
+    n = 300_001
+    g = torch.Generator().manual_seed(12)
+    periodic = torch.randn(n, generator=g)
+    periodic[:: n // 65_536] = 0.0  # the strided sample sees only zeros: the bracket misses
+    with_nan = torch.randn(n, generator=g)
+    with_nan[::997] = float("nan")
+    return [
+        torch.randn(n, generator=g).abs(),
+        torch.randint(0, 50, (n,), generator=g).float(),  # many ties
+        torch.arange(n, dtype=torch.float32),
+        torch.arange(n, dtype=torch.float32).flip(0),
+        periodic,
+        with_nan,
+        torch.full((n,), 2.5),
+        torch.randn(n, generator=g, dtype=torch.float64),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_kth_largest_is_exactly_kthvalue(case: int) -> None:
+    x = _kth_cases()[case]
+    n = x.numel()
+    for k in (1, 2, 1000, n // 3, n // 2, n - 5, n):
+        got, want = kth_largest(x, k), x.kthvalue(n - k + 1).values
+        assert got.dtype == want.dtype and got.shape == want.shape == ()
+        assert torch.equal(got, want) or (got.isnan() and want.isnan()), (case, k)

@@ -16,6 +16,8 @@ import torch
 
 from merger.errors import ConfigError
 from merger.hashmask import (
+    _fast_masks,
+    _use_fast,
     hash_indices,
     keep_threshold,
     mask_key,
@@ -99,6 +101,30 @@ def test_mask_and_indices_match_numpy(density: float) -> None:
         idx = random_keep_indices(seed, name, numel, density)
         assert idx.dtype == torch.int32
         np.testing.assert_array_equal(idx.numpy(), np.nonzero(expected)[0])
+
+
+def test_the_int32_fast_path_is_the_one_in_use_on_this_cpu() -> None:
+    # Otherwise the tests above would only exercise the portable fallback.
+    assert _use_fast("cpu")
+
+
+@pytest.mark.parametrize("numel", [1, 7, 65_535, 65_536, 65_537, 3 * 65_536 + 4_099])
+def test_fast_masks_of_odd_sizes_match_numpy(numel: int) -> None:
+    for seed, name, density in [(0, "w", 0.5), (2**64 - 1, "lm_head.weight", 0.07)]:
+        mask = random_keep_mask(seed, name, numel, density)
+        np.testing.assert_array_equal(mask.numpy(), np_keep(numel, seed, name, density))
+
+
+@pytest.mark.parametrize("first", [2**32 - 2 * 65_536, 2**40, 2**62])
+def test_fast_masks_at_64_bit_positions_match_numpy(first: int) -> None:
+    # Chunks past 2^32 use the high word; this one crosses 2^32 when first = 2^32 - 2^17.
+    seed, name, density = 3, "model.layers.9.mlp.up_proj.weight", 0.3
+    key, threshold = mask_key(seed, name), min(round(density * 2**32), 2**32)
+    stop = first + 3 * 65_536 + 11
+    got = torch.cat([m.clone() for m in _fast_masks(key, threshold, stop, first)]).numpy()
+    idx = np.arange(first, stop, dtype=np.uint64)
+    want = np_hash(idx, seed, name).astype(np.uint64) < np.uint64(threshold)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_density_one_keeps_everything() -> None:

@@ -9,6 +9,7 @@ import torch
 
 from merger.errors import ConfigError
 from merger.methods import get_method
+from merger.methods.slerp import slerp_coefficients, slerp_tensors
 from tests.unit._methods import run
 
 
@@ -72,3 +73,17 @@ def test_t_out_of_range_is_an_error(t: float) -> None:
 def test_t_is_required() -> None:
     with pytest.raises(ConfigError, match="t: Field required"):
         get_method("slerp").make_params({})
+
+
+def test_angle_of_large_near_colinear_tensors_is_computed_in_float64() -> None:
+    # A float32 dot over 1M elements misplaces cos Ω by ~1e-6 here, which moves the
+    # output by ~5e-7; float64 accumulation keeps it at float32 rounding (~1e-8).
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1 << 20, generator=g).mul_(0.02)
+    b = a + torch.randn(1 << 20, generator=g).mul_(0.001)
+    ad, bd = a.double(), b.double()
+    cos = float(ad @ bd) / (float(ad.norm()) * float(bd.norm()))
+    ca, cb = slerp_coefficients(0.5, cos, 0.9995)
+    assert abs(cos) < 0.9995  # a true slerp, not the linear fallback
+    err = (slerp_tensors(0.5, a, b).double() - (ca * ad + cb * bd)).abs().max()
+    assert float(err) < 5e-8

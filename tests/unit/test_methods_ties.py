@@ -128,3 +128,18 @@ def test_trim_breaks_ties_towards_the_lowest_index() -> None:
 
     x = torch.tensor([3.0, 1.0, -1.0, 1.0, -1.0, 2.0])  # k = 3: 3, 2 and the first |1|
     assert torch.equal(magnitude_trim(x.clone(), 0.5, False), torch.tensor([3.0, 1, 0, 0, 0, 2]))
+
+
+def test_trim_of_a_large_tensor_with_ties_keeps_the_lowest_indices() -> None:
+    from merger.methods.taskvec import magnitude_trim
+
+    # Integer magnitudes: thousands of elements tie at the threshold.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(-40, 41, (400_003,), generator=g).float()
+    k = int(0.3 * x.numel())
+    order = torch.sort(-x.abs(), stable=True).indices  # by |x| descending, then by index
+    want = torch.zeros_like(x)
+    want[order[:k]] = x[order[:k]]
+    got = magnitude_trim(x.clone(), 0.3, False)
+    assert torch.equal(got, want)
+    assert int((got != 0).sum()) == k - int((x[order[:k]] == 0).sum())
