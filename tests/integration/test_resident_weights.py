@@ -85,3 +85,27 @@ def test_refusals_leave_the_state_alone(tiny_llama: Path, deltas: Path, models_d
     w.remove_delta("v0")
     w.remove_delta("v0")  # removing twice is fine
     assert not w.deltas
+
+
+def test_a_lora_delta_is_held_as_factors_and_merged_dense(
+    tmp_path: Path, tiny_llama: Path, tiny_lora: Path, deltas: Path
+) -> None:
+    """The vLLM worker's path: a lowrank delta stays factors in memory, merges come out dense."""
+    from merger.delta import DeltaReader, materialize
+    from merger.lowrank import LowRankTensor
+
+    compress_delta(tiny_lora, tiny_llama, tmp_path / "lora")  # auto: lowrank
+    w = ResidentWeights.from_checkpoint(tiny_llama, dtype=torch.float32)
+    held = w.add_delta("lora", tmp_path / "lora")
+    w.add_delta("v0", deltas / "v0")
+    assert {type(t) for t in w.deltas["lora"].values()} == {LowRankTensor}
+    assert held == DeltaReader(tmp_path / "lora").manifest.totals.stored_bytes
+    merged = dict(w.compute(MergeRequest("linear", {"lora": 1.0})))
+    with Checkpoint(tiny_llama) as base:
+        offline = dict(materialize(base, DeltaReader(tmp_path / "lora")))
+    assert all(torch.equal(merged[n], offline[n]) for n in w.base)
+    req = MergeRequest("ties", {"lora": 0.5, "v0": 0.5}, {"density": 0.5})  # a dense-input method
+    plan = MergePlan.build("ties", {"lora": 0.5, "v0": 0.5}, {"density": 0.5})
+    for name, t in w.compute(req):
+        dense = [w.deltas[m].get(name) for m in ("lora", "v0")]
+        assert torch.equal(t, plan.tensor(name, w.base[name], dense)), name
