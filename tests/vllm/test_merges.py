@@ -9,10 +9,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cache.keys import Candidate, MergeKey
+from cache.store import read_record
 from merger.delta import compress_delta
 from merger.errors import ConfigError, IncompatibleError, NotFoundError
 from server.engines.base import Engine
-from tests.fixtures.models import make_finetuned, make_llama
+from tests.fixtures.models import make_finetuned, make_llama, make_lora
 from tests.grpc.reference import greedy_text, offline_merge
 from tests.vllm.util import PROMPTS, key, probe, texts
 
@@ -48,6 +49,39 @@ async def test_every_method_equals_torch_engine_and_offline_merge(
     got = await texts(vllm)
     assert got == await texts(torch_)
     assert got == [greedy_text(ref, p, 12) for p in PROMPTS]
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+async def test_a_lora_delta_held_as_factors_merges_like_the_torch_engine(
+    engines: tuple[Any, Engine], vbase: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """A lowrank delta's dense update is materialized in the worker: fused GEMMs included."""
+    vllm, torch_ = engines
+    store = models_dir / "vllm-lora-store"
+    if not (store / "lora").is_dir():
+        adapter = make_lora(vbase, models_dir / "vllm-lora", seed=7, targets=LORA_TARGETS)
+        compress_delta(adapter, vbase, store / "lora", name="lora")  # auto: lowrank
+    assert read_record(store / "lora").strategy == "lowrank"
+    for engine in engines:
+        await engine.add_delta("lora", store / "lora")
+    try:
+        for method, weights, params in (
+            ("linear", {"lora": 0.7, "base": 0.3}, {}),  # factors added in place
+            ("ties", {"lora": 1.0}, {"density": 0.5}),  # dense inputs θ₀ + scale·B·A
+        ):
+            merge = key(store, method, weights, **params)
+            await vllm.apply(merge)
+            await torch_.apply(merge)
+            assert await probe(vllm) < 1e-5
+            ref = offline_merge(tmp_path / method, vbase, store, method, weights, params)
+            got = await texts(vllm)
+            assert got == await texts(torch_)
+            assert got == [greedy_text(ref, p, 12) for p in PROMPTS]
+    finally:
+        for engine in engines:
+            await engine.remove_delta("lora")
 
 
 async def test_swap_a_b_a_returns_a_exactly(engines: tuple[Any, Engine], vstore: Path) -> None:
