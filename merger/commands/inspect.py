@@ -39,10 +39,28 @@ def describe_sparsifier(s: Any) -> str:
     )
 
 
+def rank_of(entry: Any) -> int:
+    """The rank r of a ``lowrank`` entry: its nnz is r·(rows + cols)."""
+    rows, cols = entry.shape
+    return entry.nnz // (rows + cols) if rows + cols else 0
+
+
+def lowrank_summary(manifest: Any) -> dict[str, Any] | None:
+    """Ranks and scales of the low-rank tensors; None when there are none."""
+    entries = [e for e in manifest.tensors.values() if e.mask == "lowrank"]
+    if not entries:
+        return None
+    return {
+        "tensors": len(entries),
+        "ranks": sorted({rank_of(e) for e in entries}),
+        "scales": sorted({e.scale for e in entries}),
+    }
+
+
 def summary(manifest: Any, disk_bytes: int) -> dict[str, Any]:
     """The figures both commands print, as plain JSON-able values."""
     t = manifest.totals
-    return {
+    out = {
         "name": manifest.name,
         "format": f"{manifest.format} v{manifest.version}",
         "source": {"kind": manifest.source.kind, "path": manifest.source.path},
@@ -62,24 +80,37 @@ def summary(manifest: Any, disk_bytes: int) -> dict[str, Any]:
         "dense_bytes": t.dense_bytes,
         "ratio": disk_bytes / t.dense_bytes if t.dense_bytes else 0.0,
     }
+    lowrank = lowrank_summary(manifest)
+    if lowrank is not None:
+        out["lowrank"] = lowrank
+    return out
 
 
 def summary_lines(manifest: Any, disk_bytes: int) -> list[str]:
     s = summary(manifest, disk_bytes)
     arch = "/".join(s["base"]["architectures"]) or "unknown architecture"
     masks = sorted({e.mask for e in manifest.tensors.values()})
-    return [
+    kept = "stored" if manifest.sparsifier.strategy == "lowrank" else "kept"
+    lines = [
         f"delta       {s['name']} ({s['format']})",
         f"source      {s['source']['kind']} {s['source']['path']}",
         f"base        {s['base']['fingerprint']} ({arch})",
         f"sparsifier  {describe_sparsifier(manifest.sparsifier)}",
         f"values      {s['value_dtype']}; masks: {', '.join(masks)}",
         f"tensors     {s['tensors']}",
-        f"kept        {s['nnz']:,} of {s['numel']:,} elements ({100 * s['density']:.2f}%)",
+        f"{kept:<12}{s['nnz']:,} of {s['numel']:,} elements ({100 * s['density']:.2f}%)",
         f"size        {human_bytes(s['disk_bytes'])} on disk "
         f"({human_bytes(s['stored_bytes'])} of arrays) vs {human_bytes(s['dense_bytes'])} dense "
         f"= {100 * s['ratio']:.2f}%",
     ]
+    if "lowrank" in s:
+        lr = s["lowrank"]
+        ranks = "/".join(map(str, lr["ranks"]))
+        scales = "/".join(f"{x:g}" for x in lr["scales"])
+        lines.append(
+            f"lora        {lr['tensors']} tensors as factors, rank {ranks}, scale {scales}"
+        )
+    return lines
 
 
 def tensor_table(manifest: Any) -> list[str]:
@@ -90,7 +121,7 @@ def tensor_table(manifest: Any) -> list[str]:
             (
                 name,
                 "x".join(map(str, e.shape)) or "scalar",
-                e.mask,
+                f"lowrank r{rank_of(e)}" if e.mask == "lowrank" else e.mask,
                 e.value_dtype,
                 f"{e.nnz:,}",
                 f"{100 * e.nnz / numel:.2f}%" if numel else "-",

@@ -156,6 +156,11 @@ def test_cli_compress_and_inspect_a_lora_adapter(
     info = json.loads(stdout)
     assert code == 0 and info["format"] == "cocktail-delta v2"
     assert info["sparsifier"]["strategy"] == "lowrank" and info["checks"]["checksums"] == "ok"
+    assert info["lowrank"] == {"tensors": 6, "ranks": [4], "scales": [2.0]}
+    code, stdout, _ = cli(capsys, "inspect", tmp_path / "d", "--tensors")
+    assert code == 0 and "stored      " in stdout and "\nkept" not in stdout
+    assert "lora        6 tensors as factors, rank 4, scale 2" in stdout
+    assert "lowrank r4" in stdout
     code, _, err = cli(capsys, "compress", tiny_lora, "--base", tiny_llama, tmp_path / "e", "--drop-rate", "0.9")  # fmt: skip
     assert code == 2 and "stored exactly as its factors" in err and "strategy 'random'" in err
     stdout = compress(capsys, tiny_lora, tiny_llama, tmp_path / "f", "--strategy", "random", "--drop-rate", "0.9")  # fmt: skip
