@@ -115,6 +115,8 @@ class CompressOptions:
             )
         if self.apply_to != "delta":
             raise ConfigError(f"apply_to 'finetuned' is a DARE option, not for {why}; {dare}")
+        if self.rescale is not True:
+            raise ConfigError(f"rescale (off or 'l1') is a DARE option, not for {why}; {dare}")
         if self.value_dtype == "int8":
             raise ConfigError(
                 f"int8 values apply to DARE deltas, not to {why}: store the factors as base "

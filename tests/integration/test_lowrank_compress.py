@@ -124,6 +124,7 @@ LOWRANK_ERRORS = [
     ("lora", {"drop_rate": 0.9}, "a LoRA adapter is stored exactly as its factors; drop_rate"),
     ("lora", {"value_dtype": "int8"}, "int8 values apply to DARE deltas"),
     ("lora", {"apply_to": "finetuned"}, "apply_to 'finetuned' is a DARE option"),
+    ("lora", {"rescale": False}, r"rescale \(off or 'l1'\) is a DARE option"),
     ("checkpoint", {"strategy": "lowrank"}, "stores the factors of a LoRA adapter"),
 ]
 
