@@ -250,8 +250,9 @@ async def test_a_client_that_disconnects_frees_its_slot(
     tmp_path: Path, tiny_llama: Path, sources: Path
 ) -> None:
     async with running_gateway(tmp_path, tiny_llama, sources, limits={"max_tokens": 500}) as gw:
-        await gw.register("v0", sources / "v0")
-        await gw.register("v1", sources / "v1")
+        # exact deltas: these variants generate long (an unset drop rate would be DARE 0.9)
+        await gw.register("v0", sources / "v0", drop_rate=0.0)
+        await gw.register("v1", sources / "v1", drop_rate=0.0)
         engine = gw.server.engine
         steps = {"n": 0}
         engine._model.register_forward_hook(lambda *a: steps.__setitem__("n", steps["n"] + 1))  # type: ignore[attr-defined]

@@ -57,7 +57,8 @@ async def test_every_hostile_source_gets_its_status(
         store = tmp_path / "store"
         for i, (label, case) in enumerate(sorted(catalogue.items())):
             name = f"h{i}"
-            req = pb.RegisterDeltaRequest(name=name, source_path=case.source_path, drop_rate=0.5)
+            # no drop rate: auto, so LoRA sources take the factors path and checkpoints DARE
+            req = pb.RegisterDeltaRequest(name=name, source_path=case.source_path)
             try:
                 await gw.admin.RegisterDelta(req, metadata=gw.auth)
                 code, details = grpc.StatusCode.OK, ""
