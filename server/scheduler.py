@@ -3,9 +3,10 @@
 Every job names the key it needs live in the engine (a merge key, or the
 scoring sentinel). The scheduler runs one loop:
 
-1. choose the next key: the live key while it still has waiting jobs and its
-   slice (``max_slice`` seconds since it became live) has not run out;
-   otherwise the key of the oldest waiting job — so every key is served in
+1. choose the next key: the live key while its slice (``max_slice`` seconds
+   since it became live) has not run out and it has as many waiting jobs as
+   any other key (or a full batch); otherwise the key of the oldest waiting
+   job (of the other keys, when the slice has not run out) — so batches stay full when tasks interleave, every key is served in
    arrival order once the live one has had its slice, and none starves;
 2. if that key differs from the live one, wait for running batches to finish
    (nothing may run under weights that are about to change), then ``switch``;
@@ -166,12 +167,21 @@ class Scheduler(Generic[P]):
         if not self._queues:
             return None
         live = self._live
+        candidates = list(self._queues)
         if live in self._queues:
-            others = len(self._queues) > 1
-            if not others or time.monotonic() - self._live_since < self.max_slice:
+            if len(self._queues) == 1:
                 return live
+            if time.monotonic() - self._live_since < self.max_slice:
+                # Within its slice the live key stays while it makes a batch as large as
+                # any other key's; else a fuller key takes over (a hot merge costs a
+                # pointer swap), rather than running the live key's stragglers one by one.
+                waiting = len(self._queues[live])
+                fullest = max(len(q) for k, q in self._queues.items() if k != live)
+                if waiting >= self.max_batch or waiting >= fullest:
+                    return live
+                candidates.remove(live)
         # Oldest waiting job first (its arrival sequence).
-        return min(self._queues, key=lambda k: self._queues[k][0].seq)
+        return min(candidates, key=lambda k: self._queues[k][0].seq)
 
     async def _loop(self) -> None:
         while True:

@@ -27,7 +27,7 @@ from typing import Any
 from cache.keys import BASE, Candidate, MergeKey, round_weights, task_fingerprint
 from cache.lru import LRUCache
 from merger.cocktail.weights import drop_small_weights, softmax_weights
-from merger.errors import ConfigError
+from merger.errors import ConfigError, NotFoundError
 from merger.materialize import MergePlan
 from server import metrics
 from server.engines.base import Engine, Finished, GenerationRequest, Sampling, SwapResult
@@ -41,6 +41,8 @@ from server.errors import (
 from server.registry import Registry
 from server.scheduler import SCORING, Job, Scheduler
 from server.settings import Settings
+
+_RESCORE_ATTEMPTS = 3  # a scored request's tries when variants are removed under it
 
 log = logging.getLogger(__name__)
 
@@ -289,13 +291,35 @@ class GatewayService:
 
     # -- generation --------------------------------------------------------------
     async def generate(self, cmd: GenerateCommand) -> AsyncIterator[TextChunk | Completed]:
-        """Stream the answer: text chunks, then one :class:`Completed`."""
+        """Stream the answer: text chunks, then one :class:`Completed`.
+
+        A scored request whose variant is removed between its scoring and its merge
+        is scored again against the variants left (up to ``_RESCORE_ATTEMPTS`` times,
+        and only before any text was sent); an explicit merge naming a removed
+        variant is the caller's NOT_FOUND.
+        """
         self._check_ready()
         self._check_limits(cmd)
         self._enter(cmd.client)
         t0 = time.monotonic()
+        try:
+            for attempt in range(1, _RESCORE_ATTEMPTS + 1):
+                request = GenerationRequest(cmd.request_id, cmd.prompt, cmd.sampling)
+                try:
+                    async for item in self._generate_once(cmd, request, t0):
+                        yield item
+                    return
+                except NotFoundError as e:
+                    if cmd.merge is not None or request.started or attempt == _RESCORE_ATTEMPTS:
+                        raise
+                    log.info("request %s: %s since it was scored; scoring again", cmd.request_id, e)
+        finally:
+            self._leave(cmd.client)
+
+    async def _generate_once(
+        self, cmd: GenerateCommand, request: GenerationRequest, t0: float
+    ) -> AsyncIterator[TextChunk | Completed]:
         submit: asyncio.Task[Any] | None = None
-        request = GenerationRequest(cmd.request_id, cmd.prompt, cmd.sampling)
         try:
             choice = await self.choose_merge(cmd)
             submit = asyncio.get_running_loop().create_task(
@@ -310,9 +334,9 @@ class GatewayService:
                     submit.result()  # raises the batch's error
                     continue
                 item = getter.result()
-                request.started = True
                 if isinstance(item, BaseException):
                     raise item
+                request.started = True
                 if isinstance(item, Finished):
                     swap = await submit
                     metrics.PROMPT_TOKENS.inc(item.prompt_tokens)
@@ -327,7 +351,6 @@ class GatewayService:
             request.cancelled = True
             if submit is not None and not submit.done():
                 submit.cancel()
-            self._leave(cmd.client)
 
     def _enter(self, client: str) -> None:
         if self._draining:

@@ -107,7 +107,8 @@ async def send(
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
                     break
-                if rec.ttft is None and msg.text:
+                # time to first token; an empty answer's is the time to its final message
+                if rec.ttft is None and (msg.text or msg.finished):
                     rec.ttft = time.perf_counter() - t0
                 parts.append(msg.text)
                 if msg.finished:

@@ -235,3 +235,40 @@ async def test_pin_keeps_a_merge_hot(tmp_path: Path, tiny_llama: Path, sources: 
         await gw.admin.UnpinMerge(pb.PinMergeRequest(merge=pinned), metadata=gw.auth)
         stats = await gw.admin.GetStats(pb.GetStatsRequest(), metadata=gw.auth)
         assert list(stats.pinned_merge_keys) == []
+
+
+async def test_variant_removed_between_scoring_and_merge_is_scored_again(
+    tmp_path: Path, tiny_llama: Path, sources: Path
+) -> None:
+    """A removal landing after a request was scored must not fail it: the request is
+    scored again against the variants left and answers as a request sent after it."""
+    # a high temperature keeps every candidate in the merge
+    hot = {"scoring": {"temperature": 100.0}}
+    async with running_gateway(tmp_path, tiny_llama, sources, **hot) as gw:
+        await gw.register("v0", sources / "v0")
+        await gw.register("v1", sources / "v1")
+        examples = [("sun =", " hot"), ("snow =", " cold"), ("fire =", " hot")]
+        service = gw.server.service
+        original = service.choose_merge
+        chosen: list = []
+
+        async def choose_then_remove(cmd):  # the removal lands right after scoring
+            choice = await original(cmd)
+            chosen.append(choice)
+            if len(chosen) == 1:
+                victim = next(n for n in choice.key.names if n != "base")
+                await gw.admin.RemoveDelta(pb.RemoveDeltaRequest(name=victim), metadata=gw.auth)
+            return choice
+
+        service.choose_merge = choose_then_remove
+        raced = await gw.generate("moon =", examples)
+        service.choose_merge = original
+        assert len(chosen) == 2, "the stale merge was not scored again"
+        victim = next(n for n in chosen[0].key.names if n != "base")
+        assert victim not in raced.merge.weights
+        listed = await gw.admin.ListDeltas(pb.ListDeltasRequest(), metadata=gw.auth)
+        left = {d.name for d in listed.deltas}
+        assert victim not in left and len(left) == 1
+        fresh = await gw.generate("moon =", examples)
+        assert fresh.text == raced.text
+        assert dict(fresh.merge.weights) == pytest.approx(dict(raced.merge.weights))

@@ -52,7 +52,9 @@ async def test_closed_and_open_loops_count_what_the_server_counts(
         assert {r.kind for r in records} == {"task", "new_task", "explicit"}
         streamed = [r for r in records if r.stream]
         assert streamed and all(r.ttft is not None and r.ttft <= r.latency for r in streamed)
-        assert all(r.tokens >= 1 and r.latency > 0 for r in records)
+        # max_tokens is 2..4; a row may end at once (end-of-sequence or a stop string first)
+        assert all(0 <= r.tokens <= 4 and r.latency > 0 for r in records)
+        assert sum(r.tokens >= 1 for r in records) > len(records) // 2
         assert all(r.correct is None for r in records if r.kind == "explicit")
 
 

@@ -82,6 +82,21 @@ async def test_live_key_keeps_the_engine_within_its_slice() -> None:
     assert switches == ["A", "B"]  # A's four requests ran back to back, then B
 
 
+async def test_a_fuller_key_takes_over_from_live_stragglers() -> None:
+    """Within its slice the live key keeps the engine only while its batch is as large as
+    any other key's: interleaved tasks run in full batches, not one straggler at a time."""
+    eng = FakeEngine(delay=0.05)
+    s = make(eng, max_batch=4, max_slice=10.0)
+    s.start()
+    first = asyncio.create_task(s.submit("A", 0))
+    await asyncio.sleep(0.01)  # A is live and its batch is running
+    later = [asyncio.create_task(s.submit(k, i)) for i, k in enumerate("ABBBB", start=1)]
+    await asyncio.gather(first, *later)
+    await s.close()
+    batches = [(e[1], e[2]) for e in eng.log if e[0] == "batch"]
+    assert batches == [("A", 1), ("B", 4), ("A", 1)]
+
+
 async def test_a_failed_switch_fails_only_that_key() -> None:
     eng = FakeEngine(fail_key="BAD")
     s = make(eng)
