@@ -44,7 +44,7 @@ from cache.resident import load_resident_delta
 from merger.cocktail.losses import make_scorer
 from merger.errors import ConfigError, NotFoundError
 from merger.io import Checkpoint, fingerprint
-from merger.materialize import MergePlan
+from merger.materialize import MergePlan, all_finite
 from merger.sparse import DeltaTensor
 from server import metrics
 from server.engines.base import (
@@ -258,7 +258,7 @@ class TorchEngine(Engine):
                 num_layers=self._num_layers,
                 out=out[name],
             )
-            if merged.is_floating_point() and not bool(torch.isfinite(merged).all()):
+            if not all_finite(merged):
                 self._spare = out  # nothing references it: reuse it for the next merge
                 raise ConfigError(
                     f"this merge gives non-finite (inf/NaN) weights in {name!r}: its weights or "
