@@ -18,6 +18,7 @@ rounding).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -93,6 +94,14 @@ class LowRankTensor:
     @property
     def device(self) -> torch.device:
         return self.a.device
+
+    @functools.cached_property
+    def max_abs(self) -> float:
+        """A bound of |scale · (b @ a)|: |scale| · max row L1 norm of b · max |a| (once)."""
+        if self.nnz == 0:
+            return 0.0
+        b_rows = self.b.abs().float().sum(dim=1).max()
+        return abs(self.scale) * float(b_rows) * float(self.a.abs().max())
 
     # -- conversion --------------------------------------------------------------
     def add_into(self, out: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:

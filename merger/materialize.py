@@ -134,6 +134,21 @@ class MergePlan:
     def sparse_fast_path(self) -> bool:
         return self.method.delta_coefficients is not None
 
+    def bound(self, base_max_abs: float, deltas: Sequence[DeltaTensor | None]) -> float | None:
+        """An upper bound of |merged| for a delta-coefficient method, None for the others.
+
+        |scale·θ₀ + Σ cᵢδᵢ| ≤ |scale|·max|θ₀| + Σ |cᵢ|·max|δᵢ|: when that is far below
+        the dtype's largest value, the merge is finite without looking at it.
+        """
+        if self.method.delta_coefficients is None:
+            return None
+        scale, coeffs = self.method.delta_coefficients(self.params, self.model_params)
+        total = abs(scale) * base_max_abs
+        for delta, c in zip(deltas, coeffs, strict=True):
+            if delta is not None and c != 0.0:
+                total += abs(c) * delta.max_abs
+        return total
+
     def tensor(
         self,
         name: str,

@@ -16,6 +16,7 @@ factors of a LoRA update).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +48,11 @@ class DeltaTensor(Protocol):
 
     @property
     def device(self) -> torch.device: ...
+
+    @property
+    def max_abs(self) -> float:
+        """An upper bound of |δ| over every element (0 for an empty delta)."""
+        ...
 
     def add_into(self, out: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """``out += alpha * dense(self)`` in place; ``out`` has this shape (or is flat)."""
@@ -133,6 +139,13 @@ class SparseTensor:
         return self.values.device
 
     # -- conversion --------------------------------------------------------------
+    @functools.cached_property
+    def max_abs(self) -> float:
+        """max |value| over the kept entries (computed once)."""
+        if self.nnz == 0:
+            return 0.0
+        return float(self.float_values().abs().max())
+
     def float_values(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Values as ``dtype`` (dequantized when stored as int8)."""
         if self.scales is None:

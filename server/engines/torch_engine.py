@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,9 @@ class TorchEngine(Engine):
         self._decoder: Decoder | None = None
         self._params: dict[str, torch.nn.Parameter] = {}
         self._base: WeightSet = {}
+        self._base_max_abs: dict[str, float] = {}  # max |θ₀| per tensor: bounds of merges
+        # A merge bounded below this needs no finite check (room for rounding).
+        self._finite_limit = 0.5 * torch.finfo(self.dtype).max
         self._live_set: WeightSet = {}
         self._spare: WeightSet | None = None
         self._cached_sets: set[int] = set()  # ids of weight sets held by the merge cache
@@ -147,6 +151,11 @@ class TorchEngine(Engine):
         # tied Parameter object is shared, so re-pointing it moves both uses.
         self._params = dict(model.named_parameters())
         self._base = {n: p.data for n, p in self._params.items()}
+        self._base_max_abs = {
+            n: float(t.abs().max()) for n, t in self._base.items() if t.is_floating_point()
+        }
+        if not all(math.isfinite(m) for m in self._base_max_abs.values()):
+            raise ConfigError(f"the base model {self.base_path} has inf/NaN weights")
         self._live_set = self._base
         self._decoder = Decoder(model, self._tokenizer)
         # Warm-up: one tiny forward so the first request does not pay for lazy init.
@@ -251,14 +260,18 @@ class TorchEngine(Engine):
     ) -> WeightSet:
         out = self._scratch()
         for name, base in self._base.items():
+            parts = [None if d is None else d.get(name) for d in deltas]
             merged = plan.tensor(
                 name,
                 base,
-                [None if d is None else d.get(name) for d in deltas],
+                parts,
                 num_layers=self._num_layers,
                 out=out[name],
             )
-            if not all_finite(merged):
+            # Proved finite by a bound (half the dtype's range leaves room for rounding),
+            # or checked: a sum per tensor.
+            bound = plan.bound(self._base_max_abs.get(name, math.inf), parts)
+            if (bound is None or not bound < self._finite_limit) and not all_finite(merged):
                 self._spare = out  # nothing references it: reuse it for the next merge
                 raise ConfigError(
                     f"this merge gives non-finite (inf/NaN) weights in {name!r}: its weights or "

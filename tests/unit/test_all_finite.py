@@ -30,3 +30,26 @@ def test_a_finite_tensor_whose_sum_overflows_is_finite() -> None:
 
 def test_integer_tensors_are_finite() -> None:
     assert all_finite(torch.arange(10))
+
+
+def test_merge_bound_holds_and_is_none_without_delta_coefficients() -> None:
+    from merger.lowrank import LowRankTensor
+    from merger.materialize import MergePlan
+    from merger.sparse import SparseTensor
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=g)
+    dense = torch.randn(6, 5, generator=g) * (torch.rand(6, 5, generator=g) < 0.3)
+    sparse = SparseTensor.from_dense(dense)
+    low = LowRankTensor(
+        shape=(6, 5), a=torch.randn(2, 5, generator=g), b=torch.randn(6, 2, generator=g), scale=3.0
+    )
+    assert sparse.max_abs == float(dense.abs().max())
+    assert low.max_abs >= float(low.to_dense().abs().max()) > 0
+    plan = MergePlan.build("task_arithmetic", {"a": 0.7, "b": -1.5}, {"lambda": 2.0})
+    merged = plan.tensor("w", base, [sparse, low])
+    bound = plan.bound(float(base.abs().max()), [sparse, low])
+    assert bound is not None and float(merged.abs().max()) <= bound
+    # a merge needing more than delta coefficients (TIES) has no bound: it is always checked
+    ties = MergePlan.build("ties", {"a": 1.0, "b": 1.0}, {"density": 0.5})
+    assert ties.bound(float(base.abs().max()), [sparse, low]) is None
