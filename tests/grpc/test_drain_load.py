@@ -32,6 +32,7 @@ TOKEN = "drain-t0k3n"
 
 
 def start(tmp: Path, base: Path, sources: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "token").write_text(TOKEN)
     config = tmp / "cocktail.yaml"
     config.write_text(

@@ -35,6 +35,7 @@ Code = grpc.StatusCode
 NAMES = ("a", "b-1", "c.2", "D_3")
 BAD_NAMES = ("", "base", "../a", "/abs", ".hidden", "a/b", "x" * 65, "é", "a b", "-a", "a\x00")
 VALUE_DTYPES = ("", "float32", "bfloat16", "float16", "int8")
+STRATEGIES = ("", "auto", "random", "magnitude", "lowrank")
 
 
 class Env:
@@ -45,7 +46,7 @@ class Env:
 
 
 def register_expect(
-    name: str, source: Hostile, opts: dict[str, Any], model: dict[str, str]
+    name: str, label: str, source: Hostile, opts: dict[str, Any], model: dict[str, str]
 ) -> fz.Expect:
     e = fz.Expect()
     if not fz.NAME_RE.fullmatch(name) or name == "base":
@@ -59,9 +60,17 @@ def register_expect(
         e.faults.add(Code.INVALID_ARGUMENT)
     elif drop > 0.999:
         e.maybe.add(Code.INVALID_ARGUMENT)  # may keep nothing at all ("nothing to write")
-    if opts["strategy"] not in ("", "random", "magnitude"):
+    strategy = opts["strategy"]
+    if strategy not in STRATEGIES:
         e.faults.add(Code.INVALID_ARGUMENT)
     if opts["value_dtype"] not in VALUE_DTYPES:
+        e.faults.add(Code.INVALID_ARGUMENT)
+    lora = "lora" in label  # the catalogue's LoRA adapters, good or hostile
+    # stored exactly as factors, a LoRA adapter takes none of DARE's options
+    dare_options = drop != 0 or opts["value_dtype"] == "int8" or opts["rescale"] is False
+    if lora and strategy in ("", "auto", "lowrank") and dare_options:
+        e.faults.add(Code.INVALID_ARGUMENT)
+    if not lora and strategy == "lowrank":  # factors exist only for a LoRA adapter
         e.faults.add(Code.INVALID_ARGUMENT)
     return e
 
@@ -69,7 +78,7 @@ def register_expect(
 options = st.fixed_dictionaries(
     {
         "drop_rate": fz.often(st.sampled_from((0.0, 0.5, 0.9, 0.99)), fz.floats),
-        "strategy": fz.often(st.sampled_from(("", "random", "magnitude")), fz.short_texts),
+        "strategy": fz.often(st.sampled_from(STRATEGIES), fz.short_texts),
         "value_dtype": fz.often(st.sampled_from(VALUE_DTYPES), fz.short_texts),
         "seed": st.none() | st.integers(0, 2**64 - 1),
         "rescale": st.none() | st.booleans(),
@@ -82,7 +91,7 @@ options = st.fixed_dictionaries(
 good_options = st.fixed_dictionaries(
     {
         "drop_rate": st.sampled_from((0.0, 0.5, 0.9, 0.99)),
-        "strategy": st.sampled_from(("", "random", "magnitude")),
+        "strategy": st.sampled_from(STRATEGIES),
         "value_dtype": st.sampled_from(VALUE_DTYPES),
         "seed": st.none() | st.integers(0, 2**64 - 1),
         "rescale": st.none() | st.booleans(),
@@ -126,7 +135,7 @@ class AdminMachine(RuleBasedStateMachine):
             labels = sorted(self.env.catalogue)
         label = data.draw(st.sampled_from(labels), label="source")
         hostile = self.env.catalogue[label]
-        expect = register_expect(name, hostile, opts, self.model)
+        expect = register_expect(name, label, hostile, opts, self.model)
         req = pb.RegisterDeltaRequest(
             name=name,
             source_path=hostile.source_path,
