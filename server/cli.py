@@ -11,10 +11,19 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from merger.commands import add_commands as add_merger_commands
 from merger.errors import MergeError
+
+
+def serve_argv(config: Path, ready_file: Path, *, verbose: bool = False) -> list[str]:
+    """``cocktail serve`` in this interpreter, for the tools and tests that start a gateway:
+    it writes ``ready_file`` (its ports, as JSON) once it serves."""
+    flags = ["-v"] if verbose else []
+    cmd = ["serve", "--config", str(config), "--ready-file", str(ready_file)]
+    return [sys.executable, "-m", "server.cli", *flags, *cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

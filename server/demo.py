@@ -26,6 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from server.cli import serve_argv
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / ".cache"
 FEW_SHOT = 5
@@ -75,16 +77,7 @@ def start_server(config: Path, run: Path) -> tuple[subprocess.Popen[bytes], dict
     ready.unlink(missing_ok=True)
     log = open(run / "server.log", "wb")  # noqa: SIM115  (kept open for the child's lifetime)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--ready-file",
-            str(ready),
-        ],
+        serve_argv(config, ready),
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

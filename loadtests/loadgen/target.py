@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -22,6 +21,8 @@ from typing import Any
 
 import psutil
 import yaml
+
+from server.cli import serve_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "loadtest-admin-token"
@@ -112,16 +113,7 @@ class ServerUnderTest:
         t0 = time.monotonic()
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--config",
-                str(config),
-                "--ready-file",
-                str(ready),
-            ],
+            serve_argv(config, ready),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

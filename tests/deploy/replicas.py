@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from server.cli import serve_argv
 from server.client import CocktailClient
 from tests.deploy.conftest import ROOT
 
@@ -96,16 +96,7 @@ def replicas(
             ready, log = tmp / f"{name}.ready.json", tmp / f"{name}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "server.cli",
-                        "serve",
-                        "--config",
-                        str(path),
-                        "--ready-file",
-                        str(ready),
-                    ],
+                    serve_argv(path, ready),
                     cwd=ROOT,
                     env=env,
                     stdout=out,

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import GatewayServer
+from server.cli import serve_argv
 from server.engines.torch_engine import TorchEngine
 from server.pb.cocktail.v1 import gateway_pb2 as pb
 from server.pb.cocktail.v1 import gateway_pb2_grpc as pb_grpc
@@ -105,16 +105,7 @@ def test_sigterm_drains_then_exits(tmp_path: Path, tiny_llama: Path, sources: Pa
     )
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--ready-file",
-            str(ready),
-        ],
+        serve_argv(config, ready),
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

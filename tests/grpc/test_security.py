@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from server.cli import serve_argv
 from server.client import CocktailClient, merge_spec
 from server.interceptors import RequestIdFilter
 from server.pb.cocktail.v1 import gateway_pb2 as pb
@@ -191,17 +191,7 @@ def test_secrets_never_reach_logs_or_metrics(
     )
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "-v",
-            "serve",
-            "--config",
-            str(config),
-            "--ready-file",
-            str(ready),
-        ],
+        serve_argv(config, ready, verbose=True),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import grpc
 import pytest
 
 from merger.delta.reader import DeltaReader
+from server.cli import serve_argv
 from server.pb.cocktail.v1 import gateway_pb2 as pb
 from server.pb.cocktail.v1 import gateway_pb2_grpc as pb_grpc
 from tests.fixtures.models import make_finetuned, make_llama
@@ -74,16 +74,7 @@ class Harness:
         ready.unlink(missing_ok=True)
         log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--config",
-                str(self.config),
-                "--ready-file",
-                str(ready),
-            ],
+            serve_argv(self.config, ready),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from cache.store import DeltaStore
 from merger.delta import compress_delta
 from merger.delta.format import _host_tag
+from server.cli import serve_argv
 from server.client import CocktailClient, merge_spec
 from server.pb.cocktail.v1 import gateway_pb2 as pb
 from tests.fixtures.models import make_finetuned, make_llama
@@ -108,16 +108,7 @@ def test_kill_during_registration_leaves_the_registry_loadable(tmp_path: Path) -
         ready = tmp_path / "ready.json"
         ready.unlink(missing_ok=True)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--config",
-                str(config),
-                "--ready-file",
-                str(ready),
-            ],
+            serve_argv(config, ready),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
