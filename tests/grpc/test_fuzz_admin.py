@@ -27,6 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from server.pb.cocktail.v1 import gateway_pb2 as pb
 from tests.fixtures.hostile import Hostile, build_hostile_sources
+from tests.fuzz_mode import EXPLORE
 from tests.grpc import fuzzing as fz
 from tests.grpc.conftest import TOKEN
 from tests.grpc.threaded import SyncGateway, threaded_gateway
@@ -298,4 +299,4 @@ def test_fuzz_admin_rpcs(env: type[Env]) -> None:
 
 @pytest.mark.slow
 def test_fuzz_admin_rpcs_long(env: type[Env]) -> None:
-    _run(examples=200, steps=25, derandomize=False)
+    _run(examples=200, steps=25, derandomize=not EXPLORE)

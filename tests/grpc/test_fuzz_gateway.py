@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from server.pb.cocktail.v1 import gateway_pb2 as pb
+from tests.fuzz_mode import EXPLORE
 from tests.grpc import fuzzing as fz
 from tests.grpc.threaded import SyncGateway, threaded_gateway
 
@@ -40,7 +41,7 @@ FAST = settings(
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-LONG = settings(FAST, max_examples=5000, derandomize=False)
+LONG = settings(FAST, max_examples=5000, derandomize=not EXPLORE)
 
 
 @dataclass
@@ -99,7 +100,9 @@ def check_generate(t: Target, rpc: str, req: pb.GenerateRequest) -> None:
         seen = fz.as_received(req)
         expect = fz.generate_expect(seen, REGISTERED, t.cached_task_ids, t.count_tokens)
     except DecodeError:  # nested past protobuf's depth limit: the server cannot parse it
-        seen, expect = pb.GenerateRequest(), fz.Expect({fz.IA})
+        # ... unless it first sees the message is over its size limit
+        too_big = req.ByteSize() > fz.LIMITS["max_request_bytes"]
+        seen, expect = pb.GenerateRequest(), fz.Expect({fz.IA, fz.RE} if too_big else {fz.IA})
     code, details = _call_generate(t, rpc, req)
     fz.tally(rpc, code)
     assert expect.allows(code), f"{rpc} -> {code.name}: {details!r}; expected {expect}"
@@ -198,7 +201,8 @@ def raw_expect(t: Target, service: str, method: Any, data: bytes, with_token: bo
     try:
         msg = cls.FromString(data)
     except DecodeError:
-        return fz.Expect({fz.IA})
+        too_big = len(data) > fz.LIMITS["max_request_bytes"]
+        return fz.Expect({fz.IA, fz.RE} if too_big else {fz.IA})
     if cls is pb.GenerateRequest:
         return fz.generate_expect(msg, REGISTERED, t.cached_task_ids, t.count_tokens)
     if cls is pb.ScoreTaskRequest:

@@ -26,6 +26,7 @@ from merger.delta import compress_delta
 from merger.errors import CorruptError, MergeError
 from merger.io import Checkpoint
 from tests.fixtures.hostile import write_safetensors
+from tests.fuzz_mode import EXPLORE
 
 FAST = settings(
     max_examples=400,
@@ -34,7 +35,7 @@ FAST = settings(
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-LONG = settings(FAST, max_examples=10_000, derandomize=False)
+LONG = settings(FAST, max_examples=10_000, derandomize=not EXPLORE)
 KINDS = {
     "seeded": {"drop_rate": 0.5, "seed": 1},
     "magnitude": {"drop_rate": 0.9, "strategy": "magnitude"},
