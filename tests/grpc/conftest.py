@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,19 @@ class Gateway:
             **kw,
         )
         return await self.gateway.Generate(req)
+
+    async def stats_until(
+        self, ready: Callable[[pb.GetStatsResponse], bool], timeout: float = 30
+    ) -> pb.GetStatsResponse:
+        """Poll GetStats until ``ready`` holds (tests wait on the server, never on a sleep)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            stats = await self.admin.GetStats(pb.GetStatsRequest(), metadata=self.auth)
+            if ready(stats):
+                return stats
+            assert loop.time() < deadline, f"gave up waiting; last stats: {stats}"
+            await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

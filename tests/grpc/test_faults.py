@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,15 +179,24 @@ async def test_store_write_faults_injected(
 
 # -- engine and scoring failures -----------------------------------------------------
 class FaultyEngine(TorchEngine):
-    """The torch engine, failing every batch that holds a POISON prompt or example."""
+    """The torch engine, failing every batch that holds a POISON prompt or example.
+
+    A batch holding the prompt ``HOLD =`` waits until ``release`` is set, so a test
+    can queue requests behind it and know they will batch together.
+    """
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.batches: list[tuple[str, int, bool]] = []
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def generate(self, requests: Any) -> None:
         poisoned = any("POISON" in r.prompt for r in requests)
         self.batches.append(("generate", len(requests), poisoned))
+        if any(r.prompt == "HOLD =" for r in requests):
+            self.holding.set()
+            await self.release.wait()
         if poisoned:
             raise RuntimeError("injected generation failure")
         await super().generate(requests)
@@ -210,15 +220,18 @@ async def test_one_failing_request_does_not_fail_its_batch(
         prompts = ["moon =", "sun =", "tree =", "abc ="]
         alone = [(await gw.generate(p, merge=spec)).text for p in prompts]
         tasks = [[(f"{w} =", w.upper())] for w in ("cat", "dog", "sun")]
-        # Block the engine with another merge so the next requests queue and batch together.
+        # Hold the engine under another merge until all nine requests are queued, so they
+        # batch together (five generations of one merge, four task scorings).
         blocker = asyncio.create_task(
-            gw.generate("x =", merge=pb.MergeSpec(weights={"v1": 1.0}), sampling=LONG)
+            gw.generate("HOLD =", merge=pb.MergeSpec(weights={"v1": 1.0}))
         )
-        await asyncio.sleep(0.05)
-        calls = [gw.generate(p, merge=spec) for p in prompts]
-        calls.append(gw.generate("POISON =", merge=spec))
-        calls += [gw.generate("moon =", t) for t in tasks]
-        calls.append(gw.generate("moon =", [("POISON =", "X")]))
+        await asyncio.wait_for(engine.holding.wait(), 30)
+        calls = [asyncio.ensure_future(gw.generate(p, merge=spec)) for p in prompts]
+        calls.append(asyncio.ensure_future(gw.generate("POISON =", merge=spec)))
+        calls += [asyncio.ensure_future(gw.generate("moon =", t)) for t in tasks]
+        calls.append(asyncio.ensure_future(gw.generate("moon =", [("POISON =", "X")])))
+        await gw.stats_until(lambda s: s.queue_depth == 9)
+        engine.release.set()
         results = await asyncio.gather(blocker, *calls, return_exceptions=True)
         answers = results[1:]
         assert [r.text for r in answers[:4]] == alone  # type: ignore[union-attr]
@@ -237,13 +250,7 @@ async def test_one_failing_request_does_not_fail_its_batch(
 
 # -- clients that go away ------------------------------------------------------------
 async def wait_idle(gw: Gateway, timeout: float = 10) -> pb.GetStatsResponse:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        stats = await gw.admin.GetStats(pb.GetStatsRequest(), metadata=gw.auth)
-        if stats.in_flight == 0 and stats.queue_depth == 0:
-            return stats
-        assert asyncio.get_running_loop().time() < deadline, stats
-        await asyncio.sleep(0.01)
+    return await gw.stats_until(lambda s: s.in_flight == 0 and s.queue_depth == 0, timeout)
 
 
 async def test_a_client_that_disconnects_frees_its_slot(
@@ -255,7 +262,12 @@ async def test_a_client_that_disconnects_frees_its_slot(
         await gw.register("v1", sources / "v1", drop_rate=0.0)
         engine = gw.server.engine
         steps = {"n": 0}
-        engine._model.register_forward_hook(lambda *a: steps.__setitem__("n", steps["n"] + 1))  # type: ignore[attr-defined]
+
+        def step(*_: Any) -> None:  # count decode steps; 2 ms each, so a late cancel still shows
+            steps["n"] += 1
+            time.sleep(0.002)
+
+        engine._model.register_forward_hook(step)  # type: ignore[attr-defined]
         eos_free = pb.SamplingParams(max_tokens=500, temperature=1.0, seed=3, top_k=5)
         req = pb.GenerateRequest(
             prompt="moon =", merge=pb.MergeSpec(weights={"v0": 1.0}), sampling=eos_free
@@ -273,7 +285,7 @@ async def test_a_client_that_disconnects_frees_its_slot(
         stopped_at = steps["n"]  # the engine may finish the step it is in, then stops
         await asyncio.sleep(0.3)
         assert steps["n"] <= stopped_at + 1, "the engine kept generating for a gone client"
-        assert steps["n"] < 20
+        assert steps["n"] < 250, "the engine ran on long after the client went away (max 500)"
         # 2. A unary call whose deadline passes while it generates.
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await gw.gateway.Generate(req, timeout=0.2)
@@ -281,12 +293,10 @@ async def test_a_client_that_disconnects_frees_its_slot(
         await wait_idle(gw)
         # 3. A request queued behind another merge, abandoned before it ever runs.
         running = asyncio.ensure_future(gw.gateway.Generate(req))
-        await asyncio.sleep(0.05)
+        await gw.stats_until(lambda s: s.in_flight == 1 and s.queue_depth == 0)
         other = pb.GenerateRequest(prompt="sun =", merge=pb.MergeSpec(weights={"v1": 1.0}))
         queued = gw.gateway.Generate(other)
-        await asyncio.sleep(0.05)
-        stats = await gw.admin.GetStats(pb.GetStatsRequest(), metadata=gw.auth)
-        assert stats.queue_depth == 1 and stats.in_flight == 2
+        await gw.stats_until(lambda s: s.queue_depth == 1 and s.in_flight == 2)
         queued.cancel()
         running.cancel()
         await wait_idle(gw)

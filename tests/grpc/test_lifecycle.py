@@ -84,7 +84,8 @@ async def test_stop_drains_in_flight_requests(
         in_flight = [
             asyncio.create_task(gw.generate("moon =", merge=merge, sampling=LONG)) for _ in range(4)
         ]
-        await asyncio.sleep(0.05)
+        # all four reached the gateway (or one already finished, so all were sent)
+        await gw.stats_until(lambda s: s.in_flight == 4 or any(t.done() for t in in_flight))
         stopping = asyncio.create_task(gw.server.stop(grace=30))
         await asyncio.sleep(0.01)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.server.port}") as ch:

@@ -133,7 +133,10 @@ async def test_sync_removal_waits_for_requests_using_the_delta(
     busy = True
     DeltaStore(store.root).remove("v0")  # through another replica
     sync = asyncio.get_running_loop().create_task(reg.sync(in_use=lambda name: busy))
-    await asyncio.sleep(0.1)
+    for _ in range(3000):  # until the sync has unpublished it (it then waits on `busy`)
+        if reg.get("v0") is None:
+            break
+        await asyncio.sleep(0.01)
     assert reg.get("v0") is None and reg.generation == generation + 1  # no new request picks it
     assert "v0" in engine.loaded and not sync.done()  # queued requests can still use it
     busy = False
