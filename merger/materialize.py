@@ -15,6 +15,7 @@ result equals an offline merge of the same variants.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -134,15 +135,25 @@ class MergePlan:
     def sparse_fast_path(self) -> bool:
         return self.method.delta_coefficients is not None
 
+    @functools.cached_property
+    def coefficients(self) -> tuple[float, list[float]] | None:
+        """(scale, [cᵢ]) of a delta-coefficient method (θ = scale·θ₀ + Σ cᵢδᵢ), else None.
+
+        The same for every tensor of the merge, so computed once per plan.
+        """
+        if self.method.delta_coefficients is None:
+            return None
+        return self.method.delta_coefficients(self.params, self.model_params)
+
     def bound(self, base_max_abs: float, deltas: Sequence[DeltaTensor | None]) -> float | None:
         """An upper bound of |merged| for a delta-coefficient method, None for the others.
 
         |scale·θ₀ + Σ cᵢδᵢ| ≤ |scale|·max|θ₀| + Σ |cᵢ|·max|δᵢ|: when that is far below
         the dtype's largest value, the merge is finite without looking at it.
         """
-        if self.method.delta_coefficients is None:
+        if self.coefficients is None:
             return None
-        scale, coeffs = self.method.delta_coefficients(self.params, self.model_params)
+        scale, coeffs = self.coefficients
         total = abs(scale) * base_max_abs
         for delta, c in zip(deltas, coeffs, strict=True):
             if delta is not None and c != 0.0:
@@ -168,8 +179,8 @@ class MergePlan:
             out = torch.empty_like(base)
         if not base.is_floating_point():
             return out.copy_(base)
-        if self.method.delta_coefficients is not None:
-            scale, coeffs = self.method.delta_coefficients(self.params, self.model_params)
+        if self.coefficients is not None:
+            scale, coeffs = self.coefficients
             for c in (scale, *coeffs):
                 check_coefficient(c, out.dtype)
             if scale == 1.0:

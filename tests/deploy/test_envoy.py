@@ -67,23 +67,22 @@ class Envoy:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.read().decode()
 
-    def health(self) -> dict[str, str]:
-        """Upstream "127.0.0.1:port" -> its health flags in Envoy's view."""
+    def per_host(self, field: str) -> dict[str, str]:
+        """Upstream "127.0.0.1:port" -> one field of Envoy's /clusters view of it."""
         out = {}
         for line in self.get("/clusters").splitlines():
             parts = line.split("::")
-            if len(parts) == 4 and parts[0] == CLUSTER and parts[2] == "health_flags":
+            if len(parts) == 4 and parts[0] == CLUSTER and parts[2] == field:
                 out[parts[1]] = parts[3]
         return out
 
+    def health(self) -> dict[str, str]:
+        """Upstream -> its health flags in Envoy's view."""
+        return self.per_host("health_flags")
+
     def host_requests(self) -> dict[str, int]:
-        """Upstream "127.0.0.1:port" -> requests Envoy has sent it (its rq_total)."""
-        out = {}
-        for line in self.get("/clusters").splitlines():
-            parts = line.split("::")
-            if len(parts) == 4 and parts[0] == CLUSTER and parts[2] == "rq_total":
-                out[parts[1]] = int(parts[3])
-        return out
+        """Upstream -> requests Envoy has sent it (its rq_total)."""
+        return {h: int(n) for h, n in self.per_host("rq_total").items()}
 
     def diagnostics(self) -> str:
         """What to print when routing surprises a test: per-host health and requests, log tail."""
