@@ -81,6 +81,7 @@ def run_tool(python: str, tool: str, cfg: Path, out: Path, work: Path, extra: li
         "peak_rss_mib": r["peak_rss_mib"],  # the child's VmHWM: ru_maxrss inherits ours
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "torch_default_threads": r["torch_default_threads"],
+        "torch_loaded": r["torch_loaded"],  # False: cocktail merged on NumPy
     }
 
 

@@ -147,8 +147,8 @@ def markdown(report: dict) -> str:
         "",
         "| family | method | mergekit wall (s) | cocktail wall (s) | speedup | mergekit call (s) "
         "| cocktail call (s) | call speedup | CPU mergekit / cocktail (s) "
-        "| peak RSS mergekit / cocktail (MiB) | max abs diff |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| peak RSS mergekit / cocktail (MiB) | cocktail backend | max abs diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     t_rows = {r["config"]: r for r in report["targets"]["merges"]}
     for key, entry in merges["configs"].items():
@@ -159,7 +159,7 @@ def markdown(report: dict) -> str:
             f"| **{t['speedup']:.1f}×** | {mk['call_s']:.2f} | {ck['call_s']:.2f} "
             f"| {t['call_speedup']:.1f}× | {mk['cpu_s']:.1f} / {ck['cpu_s']:.1f} "
             f"| {mk['peak_rss_mib']:.0f} / {ck['peak_rss_mib']:.0f} "
-            f"| {t['note']} |"
+            f"| {_backend(ck)} | {t['note']} |"
         )
     if len(first["variants"]) > 2:
         lines += ["", *_threads_table(merges)]
@@ -183,11 +183,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _backend(summary: dict) -> str:
+    """Which array library Cocktail's runs used: torch loaded in the process, or not."""
+    loaded = {r.get("torch_loaded", True) for r in summary["runs"]}
+    return "mixed" if len(loaded) > 1 else ("torch" if loaded.pop() else "NumPy")
+
+
 def _threads_table(merges: dict) -> list[str]:
     labels = list(next(iter(merges["configs"].values()))["variants"])
     head = " | ".join(f"{lab} wall / call (s)" for lab in labels)
     lines = [
-        "Threads (medians; `default` is mergekit's torch default and Cocktail's 1):",
+        "Threads (medians; `default` is mergekit's torch default and Cocktail's 1; "
+        "NumPy merges ignore `--threads`):",
         "",
         f"| family | method | {head} |",
         "|---|---|" + "---:|" * len(labels),

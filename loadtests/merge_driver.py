@@ -6,11 +6,13 @@ Runs exactly what the command line runs — ``mergekit-yaml CONFIG OUT ARGS`` (i
 click ``main``) or ``cocktail merge CONFIG OUT ARGS`` (``server.cli.main``) — in
 this process. Before the clock starts it imports the modules that command imports
 anyway: ``mergekit.scripts.run_yaml`` (torch, transformers, mergekit) or
-``merger.config.run`` (torch, safetensors, the merge core; ``cocktail`` defers
-them to the subcommand). RESULT gets the import time, the call time (argument
+``merger.config.run`` (safetensors, NumPy, the merge core; ``cocktail`` defers
+them to the subcommand, and torch is loaded only when the merge runs on torch:
+see merger/lazy.py). RESULT gets the import time, the call time (argument
 parsing, planning, the merge, writing the output folder; lazy imports inside the
-call count for the tool that makes them) and torch's default thread count and
-the process's peak RSS (VmHWM, see rss.py). The parent measures the wall time.
+call, torch's included, count for the tool that makes them), whether torch was
+loaded, torch's default thread count where it was, and the process's peak RSS
+(VmHWM, see rss.py). The parent measures the wall time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+
+def torch_loaded() -> bool:
+    module = sys.modules.get("torch")
+    return module is not None and type(module).__name__ != "_LazyModule"
 
 
 def main() -> int:
@@ -42,9 +49,9 @@ def main() -> int:
 
     else:
         raise SystemExit(f"unknown tool {tool!r}; use mergekit or cocktail")
-    import torch
-
-    threads = torch.get_num_threads()
+    # torch's default thread count, where the tool has imported torch (cocktail's NumPy
+    # merges never do; merger.lazy registers it without loading it)
+    threads = sys.modules["torch"].get_num_threads() if torch_loaded() else None
     t_imported = time.perf_counter()
     call()
     t_done = time.perf_counter()
@@ -56,6 +63,7 @@ def main() -> int:
                 "import_s": t_imported - t_start,
                 "call_s": t_done - t_imported,
                 "torch_default_threads": threads,
+                "torch_loaded": torch_loaded(),
                 "peak_rss_mib": peak_rss_mib(),
             },
             f,

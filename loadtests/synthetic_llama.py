@@ -96,9 +96,9 @@ def _generator(seed: int, name: str) -> torch.Generator:
 
 def base_tensor(spec: TensorSpec, seed: int) -> torch.Tensor:
     if len(spec.shape) == 1:
-        return torch.ones(spec.shape, dtype=spec.dtype)
+        return torch.ones(spec.shape, dtype=spec.torch_dtype)
     g = _generator(seed, spec.name)
-    return (torch.randn(spec.shape, generator=g) * 0.02).to(spec.dtype)
+    return (torch.randn(spec.shape, generator=g) * 0.02).to(spec.torch_dtype)
 
 
 def tokenizer(vocab: int) -> PreTrainedTokenizerFast:

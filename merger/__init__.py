@@ -6,7 +6,9 @@
   ``merger.mix_models_by_layers`` are LM-Cocktail's drop-in functions
   (:mod:`merger.cocktail.mix`).
 
-They are loaded on first use so that ``import merger`` stays cheap (no torch).
+They are loaded on first use so that ``import merger`` stays cheap; the merge
+core itself binds torch lazily (:mod:`merger.lazy`), so merges that run on NumPy
+never pay for importing it.
 """
 
 from __future__ import annotations

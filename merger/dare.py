@@ -20,10 +20,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
-
 from merger.errors import ConfigError
 from merger.hashmask import keep_mask_chunks, random_keep_indices, random_keep_mask
+from merger.lazy import torch
 from merger.sparse import SparseTensor
 
 Strategy = Literal["random", "magnitude"]

@@ -44,9 +44,8 @@ import hashlib
 import logging
 from collections.abc import Iterator
 
-import torch
-
 from merger.errors import ConfigError
+from merger.lazy import torch
 
 _M32 = 0xFFFFFFFF
 _C1 = 0x21F0AAAD

@@ -22,10 +22,9 @@ import functools
 import math
 from dataclasses import dataclass
 
-import torch
-
 from merger.errors import ConfigError
-from merger.sparse import FLOAT_VALUE_DTYPES
+from merger.lazy import torch
+from merger.sparse import float_value_dtypes
 
 CHUNK_ELEMENTS = 1 << 22  # 16 MiB of fp32 per block of rows
 
@@ -60,7 +59,7 @@ class LowRankTensor:
                 f"{[rows, cols]} (b must be [rows, r], a [r, cols])"
             )
         for role, t in (("a", self.a), ("b", self.b)):
-            if t.dtype not in FLOAT_VALUE_DTYPES:
+            if t.dtype not in float_value_dtypes():
                 raise ConfigError(
                     f"low-rank factor {role} must be fp32, bf16 or fp16, not {t.dtype}"
                 )
@@ -130,8 +129,10 @@ class LowRankTensor:
         return out
 
     def to_dense(
-        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> torch.Tensor:
+        """The dense tensor (float32 unless ``dtype`` says otherwise)."""
+        dtype = dtype or torch.float32
         work = torch.float64 if dtype == torch.float64 else torch.float32
         out = torch.zeros(self.shape, dtype=work, device=device or self.device)
         self.add_into(out, 1.0)

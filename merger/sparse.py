@@ -20,11 +20,13 @@ import functools
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
-
 from merger.errors import ConfigError
+from merger.lazy import torch
 
-FLOAT_VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+def float_value_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes a delta's values may be stored in unquantized."""
+    return (torch.float32, torch.bfloat16, torch.float16)
 
 
 class DeltaTensor(Protocol):
@@ -59,7 +61,7 @@ class DeltaTensor(Protocol):
         ...
 
     def to_dense(
-        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> torch.Tensor: ...
 
     def to(self, device: torch.device | str) -> DeltaTensor: ...
@@ -92,7 +94,7 @@ class SparseTensor:
             raise ConfigError(
                 f"SparseTensor indices must be int32 or int64, not {self.indices.dtype}"
             )
-        if self.scales is None and self.values.dtype not in FLOAT_VALUE_DTYPES:
+        if self.scales is None and self.values.dtype not in float_value_dtypes():
             raise ConfigError(
                 f"SparseTensor values must be fp32, bf16 or fp16, not {self.values.dtype}"
             )
@@ -146,16 +148,19 @@ class SparseTensor:
             return 0.0
         return float(self.float_values().abs().max())
 
-    def float_values(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Values as ``dtype`` (dequantized when stored as int8)."""
+    def float_values(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Values as ``dtype`` (float32 by default; dequantized when stored as int8)."""
+        dtype = dtype or torch.float32
         if self.scales is None:
             return self.values.to(dtype)
         rows = torch.div(self.indices.long(), self.row_size, rounding_mode="floor")
         return (self.values.to(torch.float32) * self.scales[rows]).to(dtype)
 
     def to_dense(
-        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> torch.Tensor:
+        """The dense tensor (float32 unless ``dtype`` says otherwise)."""
+        dtype = dtype or torch.float32
         out = torch.zeros(self.numel, dtype=dtype, device=device or self.device)
         self.add_into(out, 1.0)
         return out.view(self.shape)

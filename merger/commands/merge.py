@@ -40,6 +40,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="torch CPU threads for the maths (default 1: merging is memory-bound, and "
         "extra threads slow it down on a busy machine)",
     )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "numpy"),
+        default="auto",
+        help="array library for the maths: auto (default) runs linear, task_arithmetic and "
+        "slerp on NumPy when every tensor is float16/32/64 on the CPU, which skips loading "
+        "torch; everything else runs on torch",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     # Safe to skip interpreter teardown (server.cli.finish): every output file is closed
     # and fsynced before _run returns.
@@ -59,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         allow_crimes=args.allow_crimes,
         progress=not args.no_progress,
         threads=args.threads,
+        backend=args.backend,
     )
     print(f"merged model written to {out}")
     return 0

@@ -7,29 +7,34 @@ safetensors files in their stored dtype (converted only when the config names
 a ``dtype``), a tensor shared by two roles (the base of an optional-base
 method) is read once, and the result is written by
 :class:`~merger.io.ShardedWriter` at its final offset.
+
+Jobs run on torch (:func:`run_job`) or, for the element-wise methods on
+float16/32/64 checkpoints, on NumPy (:mod:`merger.config.arrays`), which never
+loads torch; :func:`execute` drives either the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Literal
 
-import torch
 from tqdm.auto import tqdm
 
 from merger.config.plan import Job, TensorRef
 from merger.config.sources import Models
 from merger.errors import IncompatibleError
-from merger.io import Checkpoint, ShardedWriter
+from merger.io import Checkpoint, ShardedWriter, dtypes
+from merger.lazy import torch
 from merger.methods.base import MergeInputs, MergeMethod
 
 
 class _Reader:
     """Reads job inputs, each (model, tensor) once per job."""
 
-    def __init__(self, models: Models, load_dtype: torch.dtype | None, device: str) -> None:
+    def __init__(self, models: Models, load_dtype: str | None, device: str) -> None:
         self.models = models
-        self.load_dtype = load_dtype
+        self.load_dtype = None if load_dtype is None else dtypes.to_torch(load_dtype)
         self.device = device
         self._cache: dict[TensorRef, torch.Tensor] = {}
 
@@ -87,7 +92,8 @@ def run_job(
         inputs = MergeInputs(tensors=tensors, base=base, stats=job_stats)
         out = method.fn(inputs, job.params, job.model_params, job.ctx)
     read.clear()
-    return out if out.dtype == job.spec.dtype else out.to(job.spec.dtype)
+    want = job.spec.torch_dtype
+    return out if out.dtype == want else out.to(want)
 
 
 def execute(
@@ -96,25 +102,40 @@ def execute(
     models: Models,
     writer: ShardedWriter,
     *,
-    load_dtype: torch.dtype | None = None,
+    load_dtype: str | None = None,
     device: str = "cpu",
     stats: Mapping[int, Checkpoint] | None = None,
     progress: bool = True,
+    backend: Literal["torch", "numpy"] = "torch",
 ) -> None:
     """Compute and write every job's tensor, in plan order.
+
+    ``load_dtype`` is a safetensors code ("F32"...). ``backend="numpy"`` runs
+    the method's ``array_fn`` (the caller checks the plan allows it, see
+    :func:`merger.config.arrays.unsupported`).
 
     Writing overlaps computing: a background thread copies tensor k into its
     shard (``os.pwrite`` releases the GIL) while tensor k + 1 is merged. At most
     one finished tensor waits to be written, so peak memory grows by one output
     tensor at most; a failed write raises here, before the next one starts.
     """
-    read = _Reader(models, load_dtype, device)
+    compute: Callable[[Job], Any]
+    if backend == "numpy":
+        from merger.config.arrays import ArrayJobs
+
+        compute = ArrayJobs(method, models, load_dtype)
+    else:
+        read = _Reader(models, load_dtype, device)
+
+        def compute(job: Job) -> torch.Tensor:
+            return run_job(job, method, read, stats, device)
+
     bar = tqdm(total=len(jobs), unit="tensor", desc=f"{method.name} merge", disable=not progress)
     pending: Future[None] | None = None
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocktail-write") as pool:
             for job in jobs:
-                out = run_job(job, method, read, stats, device)
+                out = compute(job)
                 models.close()  # unmap the inputs: touched pages would otherwise stay in RSS
                 if pending is not None:
                     pending.result()

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from merger.config.layers import config_num_layers
 from merger.methods.base import MergeMethod
 
@@ -36,12 +34,7 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 
-DTYPE_NAMES = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.float64: "float64",
-}
+DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
 
 def output_config(
@@ -49,7 +42,7 @@ def output_config(
     *,
     num_layers: int,
     layer_types: list[Any] | None,
-    dtype: torch.dtype | None,
+    dtype: str | None,
 ) -> dict[str, Any]:
     """The merged model's config.json as a dict (the donor's is not modified)."""
     out = copy.deepcopy(donor)

@@ -19,13 +19,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from merger.config.layers import is_head
 from merger.config.params import ParamSpace, Scope, make_params, resolve
 from merger.config.sources import Models, SliceSpec, Source
 from merger.errors import IncompatibleError
-from merger.io import TensorSpec
+from merger.io import TensorSpec, dtypes
 from merger.methods.base import BasePolicy, NoParams, Params, TensorContext
 
 LOG = logging.getLogger(__name__)
@@ -57,8 +55,9 @@ class Job:
 
 @dataclass(frozen=True)
 class PlanOptions:
-    load_dtype: torch.dtype | None  # inputs are converted to this when read (config `dtype`)
-    out_dtype: torch.dtype | None  # output dtype (--dtype / `out_dtype`), else load dtype
+    # dtypes as safetensors codes ("F32", "BF16"...; merger.io.dtypes)
+    load_dtype: str | None  # inputs are converted to this when read (config `dtype`)
+    out_dtype: str | None  # output dtype (--dtype / `out_dtype`), else load dtype
     seed: int
 
 
@@ -154,15 +153,15 @@ class Planner:
                 else ""
             )
             raise IncompatibleError(f"tensor {out_name!r} has different shapes{vocab}: {detail}")
-        floating = all(i.dtype.is_floating_point for i in infos)
+        floating = all(dtypes.is_floating(i.code) for i in infos)
         if floating:
             dtype = self.options.out_dtype or self.options.load_dtype
             if dtype is None:
-                dtype = infos[0].dtype
+                dtype = infos[0].code
                 for i in infos[1:]:
-                    dtype = torch.promote_types(dtype, i.dtype)
+                    dtype = dtypes.promote(dtype, i.code)
         else:
-            dtype = infos[0].dtype
+            dtype = infos[0].code
         spec = TensorSpec(out_name, tuple(infos[0].shape), dtype)
         ctx = TensorContext(out_name, layer, self.num_layers, self.options.seed)
         if not floating:

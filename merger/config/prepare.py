@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from merger.config.output import output_config
 from merger.config.params import ParamSpace
 from merger.config.plan import Job, Planner, PlanOptions
@@ -31,6 +29,7 @@ from merger.config.schema import (
 )
 from merger.config.sources import Models, SliceSpec, normalize
 from merger.errors import IncompatibleError
+from merger.io import dtypes
 from merger.methods.base import MergeMethod
 from merger.methods.registry import get_method
 
@@ -172,6 +171,6 @@ def _layer_types(models: Models, slices: list[SliceSpec]) -> list[Any] | None:
     return out
 
 
-def _main_dtype(jobs: list[Job]) -> torch.dtype | None:
-    counts = Counter(j.spec.dtype for j in jobs if j.spec.dtype.is_floating_point)
+def _main_dtype(jobs: list[Job]) -> str | None:
+    counts = Counter(j.spec.dtype for j in jobs if dtypes.is_floating(j.spec.dtype))
     return counts.most_common(1)[0][0] if counts else None

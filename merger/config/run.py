@@ -10,8 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from merger.config.arrays import choose_backend
 from merger.config.execute import execute
 from merger.config.output import copy_tokenizer, model_card
 from merger.config.prepare import MergePlan, plan_merge
@@ -20,6 +19,7 @@ from merger.errors import ConfigError
 from merger.heap import retain_freed_memory
 from merger.io import Checkpoint, ShardedWriter, parse_size
 from merger.io.checkpoint import INDEX_FILE
+from merger.lazy import torch
 
 LOG = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def run_merge(
     progress: bool = True,
     examples: Sequence[Mapping[str, str]] | None = None,
     threads: int | None = 1,
+    backend: str = "auto",
 ) -> Path:
     """Merge the models a mergekit-format config names into ``out_dir``.
 
@@ -57,6 +58,9 @@ def run_merge(
             and on a busy machine multithreaded element-wise ops stall on their
             barriers (measured 3 s with 1 thread vs 17-29 s with 2 on a loaded
             2-core host).
+        backend: "auto" (NumPy for the element-wise methods where it can, so
+            torch is never imported; else torch), "torch" or "numpy" (an error
+            when the merge cannot run there). See :mod:`merger.config.arrays`.
 
     Returns the output folder. Raises ConfigError/NotFoundError/IncompatibleError
     (from :mod:`merger.errors`) before writing anything when the config is wrong.
@@ -65,8 +69,14 @@ def run_merge(
         raise ConfigError(f"threads must be at least 1; got {threads}")
     plan = plan_merge(config, seed=seed, dtype=dtype, allow_crimes=allow_crimes)
     out = Path(out_dir)
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
+    try:
+        engine = choose_backend(plan, device, backend)
+    except BaseException:
+        plan.close()
+        raise
+    previous_threads = None
+    if engine == "torch" and threads is not None:
+        previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
     try:
         _check_out_dir(out, plan.models)
@@ -75,7 +85,7 @@ def run_merge(
             if plan.method.needs_data:
                 stats = _collect_stats(plan, examples, Path(tmp), device)
             with retain_freed_memory():
-                _write(out, plan, stats, out_shard_size, device, progress)
+                _write(out, plan, stats, out_shard_size, device, progress, engine)
         (out / "config.json").write_text(json.dumps(plan.out_config, indent=2) + "\n")
         if not copy_tokenizer(plan.tokenizer_dir, out):
             LOG.warning("no tokenizer files in %s; add them to %s by hand", plan.tokenizer_dir, out)
@@ -91,8 +101,9 @@ def run_merge(
         (out / "mergekit_config.yml").write_text(plan.yaml_text, encoding="utf-8")
     finally:
         plan.close()
-        torch.set_num_threads(previous_threads)
-    LOG.info("merged %d tensors into %s", len(plan.jobs), out)
+        if previous_threads is not None:
+            torch.set_num_threads(previous_threads)
+    LOG.info("merged %d tensors into %s (on %s)", len(plan.jobs), out, engine)
     return out
 
 
@@ -103,6 +114,7 @@ def _write(
     out_shard_size: str | int,
     device: str,
     progress: bool,
+    backend: str,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stale = {p.name for p in out.glob("*.safetensors")} | {INDEX_FILE}
@@ -122,6 +134,7 @@ def _write(
             device=device,
             stats=stats,
             progress=progress,
+            backend=backend,  # type: ignore[arg-type]
         )
     except BaseException:
         writer.abort()

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -39,14 +38,15 @@ class Conditional:
 # A setting as written: scalar, gradient (tuple of scalars) or conditions (tuple of Conditional).
 Setting = Scalar | tuple[Scalar, ...] | tuple[Conditional, ...]
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
+# The dtypes a config may name, as safetensors codes (see merger.io.dtypes).
+DTYPES: dict[str, str] = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "fp32": "F32",
+    "fp16": "F16",
+    "bf16": "BF16",
 }
 
 UNSUPPORTED_KEYS = {
@@ -212,7 +212,8 @@ def parse_config(raw: dict[str, Any]) -> MergeConfig:
     return cfg
 
 
-def parse_dtype(name: str | None, key: str = "dtype") -> torch.dtype | None:
+def parse_dtype(name: str | None, key: str = "dtype") -> str | None:
+    """A config's dtype name as a safetensors code ("F32"...), or None when not given."""
     if name is None:
         return None
     clean = name.removeprefix("torch.")

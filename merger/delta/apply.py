@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
-
 from merger.delta.reader import DeltaReader
 from merger.errors import ConfigError
 from merger.io import Checkpoint
+from merger.lazy import torch
 from merger.sparse import DeltaTensor
 
 

@@ -25,22 +25,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
-
 from merger.dare import sparsify, sparsify_dense
 from merger.delta.manifest import MaskKind, SparsifierInfo, TensorEntry
 from merger.delta.positions import decode_positions, encode_positions
 from merger.errors import ConfigError, CorruptError
 from merger.hashmask import random_keep_indices
+from merger.lazy import TorchDtypes, torch
 from merger.lowrank import LowRankTensor
-from merger.sparse import FLOAT_VALUE_DTYPES, SparseTensor
+from merger.sparse import SparseTensor, float_value_dtypes
 
-VALUE_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "int8": torch.int8,
-}
+VALUE_DTYPES = TorchDtypes({n: n for n in ("float32", "bfloat16", "float16", "int8")})
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -51,7 +45,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 def resolve_value_dtype(requested: str, base_dtype: torch.dtype) -> torch.dtype:
     """The stored value dtype: ``"base"`` means the base tensor's float dtype (fp64 -> fp32)."""
     if requested == "base":
-        return base_dtype if base_dtype in FLOAT_VALUE_DTYPES else torch.float32
+        return base_dtype if base_dtype in float_value_dtypes() else torch.float32
     try:
         return VALUE_DTYPES[requested]
     except KeyError:
@@ -176,7 +170,7 @@ def encode_lowrank(t: LowRankTensor, value_dtype: torch.dtype | None = None) -> 
     stored as a ``zero`` entry.
     """
     vd = t.a.dtype if value_dtype is None else value_dtype
-    if vd not in FLOAT_VALUE_DTYPES:
+    if vd not in float_value_dtypes():
         raise ConfigError(
             f"LoRA factors are stored as float32, bfloat16 or float16, not {vd} (int8 values "
             "apply to DARE deltas)"

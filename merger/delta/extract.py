@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
 from merger.errors import IncompatibleError
 from merger.io import Checkpoint, fingerprint, resolve_model_dir
+from merger.lazy import torch
 
 HEAD = "lm_head.weight"
 EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")

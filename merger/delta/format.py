@@ -30,8 +30,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from merger.delta.encode import Encoded, dtype_name
 from merger.delta.manifest import (
     FORMAT_NAME,
@@ -45,20 +43,10 @@ from merger.delta.manifest import (
     required_version,
 )
 from merger.errors import ConfigError
+from merger.io import dtypes
+from merger.lazy import torch
 
 ROLES = ("values", "positions", "scales", "a", "b")  # order of the bytes under sha256
-ST_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint16: "U16",
-    torch.uint8: "U8",
-}
 DEFAULT_SHARD_BYTES = 2 * 10**9
 
 
@@ -103,7 +91,7 @@ class _Shard:
             self._tensors[size] = []
         raw = _raw(t)
         self._spools[size].write(raw)
-        self._tensors[size].append((key, list(t.shape), ST_DTYPES[t.dtype]))
+        self._tensors[size].append((key, list(t.shape), dtypes.code_of(t.dtype)))
         self._lengths[size] += len(raw)
         self.nbytes += len(raw)
         return len(raw)

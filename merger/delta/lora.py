@@ -38,13 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from merger.delta.extract import DeltaItem, check_finite, shape_mismatch
 from merger.errors import ConfigError, CorruptError, IncompatibleError, UnsafeFormatError
 from merger.io import Checkpoint, fingerprint
+from merger.lazy import torch
 from merger.lowrank import LowRankTensor
-from merger.sparse import FLOAT_VALUE_DTYPES
+from merger.sparse import float_value_dtypes
 
 PREFIX = "base_model.model."
 WEIGHTS = "adapter_model.safetensors"
@@ -252,7 +251,7 @@ class LoraDeltas:
         if pair is None:
             return None
         a, b = self.adapter.get(pair.a_key), self.adapter.get(pair.b_key)
-        dtype = a.dtype if a.dtype == b.dtype and a.dtype in FLOAT_VALUE_DTYPES else torch.float32
+        dtype = a.dtype if a.dtype == b.dtype and a.dtype in float_value_dtypes() else torch.float32
         a, b = a.to(dtype), b.to(dtype)
         check_finite(f"{name} (lora A)", a, self.allow_nonfinite)
         check_finite(f"{name} (lora B)", b, self.allow_nonfinite)

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-
 from merger.errors import CorruptError
+from merger.lazy import TorchDtypes, torch
 
 PositionsKind = Literal["bitmask", "gaps", "indices"]
 
-_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-_GAP_DTYPES = {8: torch.uint8, 16: torch.uint16}
+_GAP_DTYPES = TorchDtypes({8: "uint8", 16: "uint16"})
 
 
 def _as_int64(idx: torch.Tensor) -> torch.Tensor:
@@ -63,7 +61,7 @@ def unpack_bitmask(packed: torch.Tensor, numel: int) -> torch.Tensor:
             f"a bitmask for {numel} elements needs {(numel + 7) // 8} uint8 bytes; "
             f"got {packed.numel()} {packed.dtype}"
         )
-    weights = _BIT_WEIGHTS.to(packed.device)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
     bits = (packed.view(-1, 1) & weights) != 0
     idx = torch.nonzero(bits.reshape(-1)[:numel], as_tuple=False).reshape(-1)
     return idx.to(_index_dtype(numel))

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from merger.delta.encode import VALUE_DTYPES, decode_tensor, dense_from_arrays
@@ -23,10 +22,11 @@ from merger.delta.format import arrays_sha256
 from merger.delta.manifest import MANIFEST_FILE, DeltaManifest, TensorEntry, load_manifest
 from merger.errors import CorruptError, IncompatibleError, NotFoundError
 from merger.io import Checkpoint, fingerprint
+from merger.lazy import TorchDtypes, torch
 from merger.lowrank import LowRankTensor
 from merger.sparse import SparseTensor
 
-_DTYPES = {**VALUE_DTYPES, "float64": torch.float64}
+_DTYPES = TorchDtypes({n: n for n in (*VALUE_DTYPES, "float64")})
 
 
 class DeltaReader:

@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from merger.delta.apply import apply
 from merger.delta.manifest import MANIFEST_FILE, load_manifest
 from merger.delta.reader import DeltaReader
 from merger.errors import IncompatibleError, NotFoundError
 from merger.io import Checkpoint, TensorInfo, fingerprint
+from merger.lazy import torch
 
 
 def is_delta_dir(path: str | os.PathLike[str]) -> bool:

@@ -22,37 +22,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from merger.errors import CorruptError, NotFoundError, UnsafeFormatError
+from merger.io import dtypes
+from merger.lazy import torch
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_FILE = "model.safetensors.index.json"
 
-# safetensors dtype names as they appear in headers.
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where a tensor lives and what it is, read from a safetensors header."""
+    """Where a tensor lives and what it is, read from a safetensors header.
+
+    ``code`` is the header's dtype name ("F32", "BF16"...; see
+    :mod:`merger.io.dtypes`); ``dtype`` is the matching ``torch.dtype``.
+    ``offset`` is the absolute position of the tensor's first byte in ``file``.
+    """
 
     name: str
     file: Path
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    code: str
+    offset: int = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return dtypes.to_torch(self.code)
 
     @property
     def numel(self) -> int:
@@ -63,7 +61,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+        return self.numel * dtypes.itemsize(self.code)
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -102,6 +100,7 @@ class Checkpoint:
         self.path = resolve_model_dir(path)
         self._files = self._find_weight_files()
         self._handles: dict[Path, Any] = {}
+        self._maps: dict[Path, np.memmap] = {}
         self._infos: dict[str, TensorInfo] = {}
         for file in self._files:
             for info in _read_header(file):
@@ -210,6 +209,27 @@ class Checkpoint:
             t = t.to(device)
         return t
 
+    def get_array(self, name: str) -> np.ndarray:
+        """Read one tensor as a read-only NumPy array over a private mapping of its file.
+
+        For the dtypes NumPy has (everything but bfloat16, which raises
+        ValueError): merges that run on NumPy read through this and never load
+        torch. Like :meth:`get`, nothing is copied until the values are used.
+        """
+        info = self.info(name)
+        np_dtype = dtypes.to_numpy(info.code)
+        if np_dtype is None:
+            raise ValueError(f"tensor {name!r} is {info.code}, which NumPy cannot hold")
+        mm = self._maps.get(info.file)
+        if mm is None:
+            try:
+                mm = np.memmap(info.file, dtype=np.uint8, mode="r")
+            except (OSError, ValueError) as e:
+                raise CorruptError(f"cannot map {info.file}: {e}") from e
+            self._maps[info.file] = mm
+        raw = mm[info.offset : info.offset + info.nbytes]
+        return raw.view(np_dtype).reshape(info.shape)
+
     def sample(self, name: str, max_elems: int = 4096) -> torch.Tensor:
         """The first and last rows of a tensor, about ``max_elems`` elements in all.
 
@@ -240,6 +260,7 @@ class Checkpoint:
 
     def close(self) -> None:
         self._handles.clear()
+        self._maps.clear()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -279,7 +300,8 @@ def _read_header(file: Path) -> list[TensorInfo]:
         if name == "__metadata__":
             continue
         try:
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            code = str(entry["dtype"])
+            itemsize = dtypes.itemsize(code)
             shape = tuple(int(s) for s in entry["shape"])
             start, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
@@ -294,13 +316,13 @@ def _read_header(file: Path) -> list[TensorInfo]:
                 f"{file}: tensor {name!r} spans bytes [{start}, {end}) but the data section "
                 f"holds {data_len} bytes"
             )
-        if end - start != numel * dtype.itemsize:
+        if end - start != numel * itemsize:
             raise CorruptError(
-                f"{file}: tensor {name!r} declares shape {list(shape)} ({numel * dtype.itemsize} "
+                f"{file}: tensor {name!r} declares shape {list(shape)} ({numel * itemsize} "
                 f"bytes) but spans {end - start} bytes"
             )
         spans.append((start, end, name))
-        infos.append(TensorInfo(name=name, file=file, shape=shape, dtype=dtype))
+        infos.append(TensorInfo(name, file, shape, code, offset=8 + n + start))
     spans.sort()
     for (_s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
         if s1 < e0:

@@ -21,27 +21,41 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 
 from merger.errors import ConfigError
-from merger.io.checkpoint import INDEX_FILE, SAFETENSORS_DTYPES
+from merger.io import dtypes
+from merger.io.checkpoint import INDEX_FILE
+from merger.lazy import torch
 
-_DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _ALIGN = 8  # safetensors pads its header so the data section is 8-byte aligned
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, shape and dtype of one output tensor, known before it is computed."""
+    """Name, shape and dtype of one output tensor, known before it is computed.
+
+    ``dtype`` may be given as a ``torch.dtype``, a NumPy dtype or a name; it is
+    kept as its safetensors code ("F32", "BF16"...; :mod:`merger.io.dtypes`).
+    """
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", dtypes.code_of(self.dtype))
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtypes.to_torch(self.dtype)
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
+        n = dtypes.itemsize(self.dtype)
         for s in self.shape:
             n *= s
         return n
@@ -61,6 +75,14 @@ def parse_size(text: str | int) -> int:
     if size <= 0:
         raise ConfigError(f"size must be positive; got {text!r}")
     return size
+
+
+def _raw_bytes(tensor: Any) -> np.ndarray:
+    """The tensor's bytes in memory order, as a flat uint8 array (no copy when contiguous)."""
+    if isinstance(tensor, np.ndarray):
+        return np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)
+    data = tensor.detach().to("cpu").contiguous()
+    return data.reshape(-1).view(torch.uint8).numpy()
 
 
 class ShardedWriter:
@@ -102,7 +124,7 @@ class ShardedWriter:
             shards[-1].append(spec)
             size += spec.nbytes
         self._specs = {s.name: s for s in specs}
-        self._shards = [sorted(sh, key=lambda s: -s.dtype.itemsize) for sh in shards]
+        self._shards = [sorted(sh, key=lambda s: -dtypes.itemsize(s.dtype)) for sh in shards]
         # name -> (shard index, absolute byte offset of its data in the file)
         self._where: dict[str, tuple[int, int]] = {}
         self._headers: list[bytes] = []
@@ -111,7 +133,7 @@ class ShardedWriter:
             offset = 0
             for spec in shard:
                 header[spec.name] = {
-                    "dtype": _DTYPE_NAMES[spec.dtype],
+                    "dtype": spec.dtype,
                     "shape": list(spec.shape),
                     "data_offsets": [offset, offset + spec.nbytes],
                 }
@@ -145,22 +167,22 @@ class ShardedWriter:
             self._fds[i] = fd
         return fd
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor | np.ndarray) -> None:
+        """Write one planned tensor (a torch tensor or a NumPy array) at its offset."""
         spec = self._specs.get(name)
         if spec is None:
             raise ConfigError(f"tensor {name!r} is not in the output plan")
         if name in self._written:
             raise ConfigError(f"tensor {name!r} was already written")
-        if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+        if tuple(tensor.shape) != spec.shape or dtypes.code_of(tensor.dtype) != spec.dtype:
             raise ConfigError(
                 f"tensor {name!r} is {list(tensor.shape)} {tensor.dtype}; the plan says "
                 f"{list(spec.shape)} {spec.dtype}"
             )
         shard, offset = self._where[name]
         fd = self._fd(shard)
-        data = tensor.detach().to("cpu").contiguous()
-        if data.numel():
-            buf = memoryview(data.reshape(-1).view(torch.uint8).numpy())
+        buf = memoryview(_raw_bytes(tensor))
+        if buf.nbytes:
             while buf:
                 n = os.pwrite(fd, buf, offset)
                 buf, offset = buf[n:], offset + n

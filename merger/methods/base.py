@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import torch
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from merger.errors import ConfigError
+from merger.lazy import torch
 
 
 class Params(BaseModel):
@@ -76,7 +77,8 @@ class MergeInputs:
 
     ``tensors[i]`` belongs to the i-th non-base model. ``stats[i]`` maps a
     statistic's name (e.g. ``"fisher"``, ``"gram"``) to a tensor; only methods
-    with ``needs_data`` receive it.
+    with ``needs_data`` receive it. ``fn`` gets torch tensors, ``array_fn``
+    read-only NumPy arrays.
     """
 
     tensors: Sequence[torch.Tensor]
@@ -84,7 +86,8 @@ class MergeInputs:
     stats: Sequence[Mapping[str, torch.Tensor]] | None = None
 
 
-MergeFn = Callable[[MergeInputs, Params, Sequence[Params], TensorContext], torch.Tensor]
+MergeFn = Callable[[MergeInputs, Params, Sequence[Params], TensorContext], "torch.Tensor"]
+ArrayFn = Callable[[MergeInputs, Params, Sequence[Params], TensorContext], "np.ndarray"]
 CoefficientsFn = Callable[[Params, Sequence[Params]], tuple[float, Sequence[float]]]
 
 
@@ -107,6 +110,10 @@ class MergeMethod:
             (``"fisher"`` or ``"gram"``, see :mod:`merger.methods.stats`).
         delta_coefficients: for methods linear in the models, ``(s, [cᵢ])`` such
             that the result is s·θ₀ + Σ cᵢ δᵢ; enables the sparse fast path.
+        array_fn: the same merge on NumPy arrays (float16/32/64, CPU), for the
+            element-wise methods; offline merges that can use it never load
+            torch (:mod:`merger.config.arrays`). Same formula and operation
+            order as ``fn``; results agree to float rounding.
     """
 
     name: str
@@ -122,6 +129,7 @@ class MergeMethod:
     needs_data: bool = False
     statistic: str | None = None
     delta_coefficients: CoefficientsFn | None = None
+    array_fn: ArrayFn | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
     def make_params(self, raw: Mapping[str, Any], where: str = "parameters") -> Params:

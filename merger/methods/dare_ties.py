@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from merger.dare import Rescale
+from merger.lazy import torch
 from merger.methods.base import BasePolicy, MergeInputs, MergeMethod, TensorContext
 from merger.methods.registry import register
 from merger.methods.taskvec import SparseModelParams

@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from pydantic import Field
 
 from merger.errors import ConfigError, IncompatibleError
+from merger.lazy import torch
 from merger.methods.base import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext
 from merger.methods.registry import register
 from merger.methods.taskvec import work_dtype

@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 from pydantic import Field
 
 from merger.errors import ConfigError
+from merger.lazy import torch
+from merger.methods import arraymath
 from merger.methods.base import (
     BasePolicy,
     MergeInputs,
@@ -26,7 +28,7 @@ from merger.methods.base import (
     Params,
     TensorContext,
 )
-from merger.methods.blocks import blocks
+from merger.methods.blocks import BLOCK, blocks
 from merger.methods.registry import register
 
 
@@ -74,6 +76,34 @@ def linear(
     return out.to(first.dtype)
 
 
+def linear_array(
+    inputs: MergeInputs,
+    params: LinearParams,
+    model_params: Sequence[LinearModelParams],
+    ctx: TensorContext,
+) -> np.ndarray:
+    """:func:`linear` on NumPy arrays: the same sum, in the same order, block by block."""
+    first = inputs.tensors[0]
+    arraymath.check_floating(first, "linear", ctx.name)
+    work = arraymath.work_dtype(first)
+    scale = _scale(params, model_params)
+    out = np.empty(first.shape, dtype=work)
+    scratch = np.empty(min(BLOCK, out.size), dtype=work)
+    conv = np.empty_like(scratch)
+    flat = [t.reshape(-1) for t in inputs.tensors]
+    weights = [p.weight for p in model_params]
+    for sl in blocks(out.size):
+        o = out.reshape(-1)[sl]
+        sc = scratch[: o.size]
+        np.multiply(arraymath.as_work(flat[0][sl], conv), weights[0], out=o)
+        for t, w in zip(flat[1:], weights[1:], strict=True):
+            np.multiply(arraymath.as_work(t[sl], conv), w, out=sc)
+            o += sc
+        if scale != 1.0:
+            o *= scale
+    return arraymath.finish(out, first)
+
+
 def linear_coefficients(
     params: LinearParams, model_params: Sequence[LinearModelParams]
 ) -> tuple[float, list[float]]:
@@ -92,5 +122,6 @@ LINEAR = register(
         fn=linear,  # type: ignore[arg-type]
         base=BasePolicy.OPTIONAL,
         delta_coefficients=linear_coefficients,  # type: ignore[arg-type]
+        array_fn=linear_array,  # type: ignore[arg-type]
     )
 )

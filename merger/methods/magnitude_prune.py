@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from pydantic import Field
 
 from merger.dare import Rescale
+from merger.lazy import torch
 from merger.methods.base import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext
 from merger.methods.registry import register
 from merger.methods.taskvec import sparse_task_arithmetic

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from pydantic import Field
 
 from merger.errors import ConfigError
+from merger.lazy import torch
 from merger.methods.base import (
     BasePolicy,
     MergeInputs,

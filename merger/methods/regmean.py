@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from pydantic import Field
 
 from merger.errors import IncompatibleError
+from merger.lazy import torch
 from merger.methods.base import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext
 from merger.methods.fisher import DataModelParams, positive_weights, statistic, weighted_mean
 from merger.methods.registry import register

@@ -23,10 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 from pydantic import Field
 
 from merger.errors import ConfigError
+from merger.lazy import torch
+from merger.methods import arraymath
 from merger.methods.base import (
     BasePolicy,
     MergeInputs,
@@ -35,6 +37,7 @@ from merger.methods.base import (
     Params,
     TensorContext,
 )
+from merger.methods.blocks import BLOCK, blocks
 from merger.methods.registry import register
 from merger.methods.taskvec import work_dtype
 
@@ -98,18 +101,75 @@ def slerp_tensors(
     return out.view(a.shape).to(a.dtype)
 
 
-def slerp(
-    inputs: MergeInputs,
-    params: SlerpParams,
-    model_params: Sequence[Params],
-    ctx: TensorContext,
-) -> torch.Tensor:
+def _gram64_array(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """:func:`_gram64` on NumPy arrays (float64 chunks)."""
+    xx = yy = xy = 0.0
+    for s in range(0, x.size, _DOT_CHUNK):
+        a = x[s : s + _DOT_CHUNK].astype(np.float64)
+        b = y[s : s + _DOT_CHUNK].astype(np.float64)
+        xx += float(np.dot(a, a))
+        yy += float(np.dot(b, b))
+        xy += float(np.dot(a, b))
+    return xx, yy, xy
+
+
+def slerp_arrays(
+    t: float, a: np.ndarray, b: np.ndarray, dot_threshold: float = 0.9995
+) -> np.ndarray:
+    """:func:`slerp_tensors` on NumPy arrays (same angle, same coefficients)."""
+    if a.shape != b.shape:
+        raise ConfigError(
+            f"slerp needs tensors of one shape; got {list(a.shape)} and {list(b.shape)}"
+        )
+    if a.size == 0:
+        return a.copy()
+    x, y = a.reshape(-1), b.reshape(-1)
+    xx, yy, xy = _gram64_array(x, y)
+    na, nb = math.sqrt(xx), math.sqrt(yy)
+    na = na if na > _EPS else 1.0
+    nb = nb if nb > _EPS else 1.0
+    ca, cb = slerp_coefficients(t, xy / (na * nb), dot_threshold)
+    work = arraymath.work_dtype(a)
+    out = np.empty(x.size, dtype=work)
+    scratch = np.empty(min(BLOCK, x.size), dtype=work)
+    conv = np.empty_like(scratch)
+    for sl in blocks(x.size):
+        o, sc = out[sl], scratch[: sl.stop - sl.start]
+        np.multiply(arraymath.as_work(x[sl], conv), ca, out=o)
+        np.multiply(arraymath.as_work(y[sl], conv), cb, out=sc)
+        o += sc
+    return arraymath.finish(out.reshape(a.shape), a)
+
+
+def _check_pair(inputs: MergeInputs) -> None:
     if inputs.base is None or len(inputs.tensors) != 1:
         raise ConfigError(
             "slerp interpolates between exactly two models: the base_model and one other; "
             f"got {len(inputs.tensors)} other model(s)"
             + ("" if inputs.base is not None else " and no base")
         )
+
+
+def slerp_array(
+    inputs: MergeInputs,
+    params: SlerpParams,
+    model_params: Sequence[Params],
+    ctx: TensorContext,
+) -> np.ndarray:
+    _check_pair(inputs)
+    assert inputs.base is not None
+    arraymath.check_floating(inputs.base, "slerp", ctx.name)
+    return slerp_arrays(params.t, inputs.base, inputs.tensors[0], params.dot_threshold)
+
+
+def slerp(
+    inputs: MergeInputs,
+    params: SlerpParams,
+    model_params: Sequence[Params],
+    ctx: TensorContext,
+) -> torch.Tensor:
+    _check_pair(inputs)
+    assert inputs.base is not None
     if not inputs.base.is_floating_point():
         raise ConfigError(
             f"slerp: tensor {ctx.name!r} is {inputs.base.dtype}; it needs floating point"
@@ -125,6 +185,7 @@ SLERP = register(
         params=SlerpParams,
         model_params=NoParams,
         fn=slerp,  # type: ignore[arg-type]
+        array_fn=slerp_array,  # type: ignore[arg-type]
         base=BasePolicy.REQUIRED,
         min_models=1,
         max_models=1,

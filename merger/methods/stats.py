@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-import torch
 from safetensors.torch import save_file
 
 from merger.errors import ConfigError, NotFoundError
+from merger.lazy import torch
 
 LOG = logging.getLogger(__name__)
 StatKind = Literal["fisher", "gram"]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 from pydantic import Field
 
+from merger.lazy import torch
+from merger.methods import arraymath
 from merger.methods.base import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext
 from merger.methods.blocks import BLOCK, blocks
 from merger.methods.registry import register
@@ -65,6 +67,38 @@ def task_arithmetic(
     return merged.to(base.dtype)
 
 
+def task_arithmetic_array(
+    inputs: MergeInputs,
+    params: TaskArithmeticParams,
+    model_params: Sequence[WeightedModelParams],
+    ctx: TensorContext,
+) -> np.ndarray:
+    """:func:`task_arithmetic` on NumPy arrays: θ₀ + λ·Σ wᵢ(θᵢ − θ₀)/D, block by block."""
+    base = arraymath.require_base(inputs, "task_arithmetic", ctx)
+    weights = weights_of(model_params)
+    work = arraymath.work_dtype(base)
+    divisor = weight_divisor(weights, params.normalize, "task_arithmetic")
+    merged = np.empty(base.shape, dtype=work)
+    n = min(BLOCK, base.size)
+    scratch, conv_b, conv_t = (np.empty(n, dtype=work) for _ in range(3))
+    thetas, flat_base = [t.reshape(-1) for t in inputs.tensors], base.reshape(-1)
+    for sl in blocks(base.size):
+        m = merged.reshape(-1)[sl]
+        b = arraymath.as_work(flat_base[sl], conv_b)
+        sc = scratch[: m.size]
+        m.fill(0)
+        for theta, w in zip(thetas, weights, strict=True):
+            np.subtract(arraymath.as_work(theta[sl], conv_t), b, out=sc)
+            sc *= w
+            m += sc
+        if divisor != 1.0:
+            m /= divisor
+        if params.lambda_ != 1.0:
+            m *= params.lambda_
+        m += b
+    return arraymath.finish(merged, base)
+
+
 def task_arithmetic_coefficients(
     params: TaskArithmeticParams, model_params: Sequence[WeightedModelParams]
 ) -> tuple[float, list[float]]:
@@ -83,5 +117,6 @@ TASK_ARITHMETIC = register(
         fn=task_arithmetic,  # type: ignore[arg-type]
         base=BasePolicy.REQUIRED,
         delta_coefficients=task_arithmetic_coefficients,  # type: ignore[arg-type]
+        array_fn=task_arithmetic_array,  # type: ignore[arg-type]
     )
 )

@@ -29,11 +29,11 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from merger.dare import Rescale, kth_largest, magnitude_keep_count, sparsify_dense
 from merger.errors import ConfigError
+from merger.lazy import torch
 from merger.methods.base import MergeInputs, Params, TensorContext
 
 MajoritySign = Literal["total", "frequency"]

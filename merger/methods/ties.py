@@ -27,10 +27,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from merger.dare import Rescale
+from merger.lazy import torch
 from merger.methods.base import BasePolicy, MergeInputs, MergeMethod, Params, TensorContext
 from merger.methods.registry import register
 from merger.methods.taskvec import (
