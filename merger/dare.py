@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
+
 from merger.errors import ConfigError
 from merger.hashmask import keep_mask_chunks, random_keep_indices, random_keep_mask
 from merger.lazy import torch
@@ -69,10 +71,16 @@ def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
     count what lies below lo and pick what lies inside, and the selection runs
     on the few percent inside. When the bracket misses (adversarially ordered
     data), it falls back to ``kthvalue`` on the whole tensor, so the answer is
-    always exact.
+    always exact. float32/float64 tensors on the CPU go through NumPy (same
+    steps and the same value: an order statistic is unique): its introselect and
+    its comparisons are several times faster than torch's ``kthvalue`` and
+    bool-valued comparisons (the whole call measured 2-2.8x faster on 1M-16M
+    float32 elements, one thread).
     """
     n = x.numel()
     r = n - k + 1  # rank from the bottom, 1-based
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.asarray(_kth_smallest_np(x.detach().numpy(), r)))
     if n <= 4 * _SAMPLE:
         return x.kthvalue(r).values
     sample = x[:: n // _SAMPLE].contiguous()
@@ -90,6 +98,26 @@ def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
     if 1 <= rr <= cand.numel():
         return cand.kthvalue(rr).values
     return x.kthvalue(r).values
+
+
+def _kth_smallest_np(a: np.ndarray, r: int) -> np.generic:
+    """The r-th smallest element (1-based) of a 1-D float array, NaN ranking above
+    everything (as ``np.partition`` and ``torch.kthvalue`` rank it): :func:`kth_largest`."""
+    n = a.size
+    if n <= 4 * _SAMPLE:
+        return np.partition(a, r - 1)[r - 1]
+    sample = np.sort(a[:: n // _SAMPLE])  # sorting 2^16 elements beats two selections
+    s = sample.size
+    pos, margin = r * s / n, 8.0 * math.sqrt(s) + 2.0
+    lo_r, hi_r = math.floor(pos - margin), math.ceil(pos + margin)
+    lo = sample[lo_r - 1] if lo_r >= 1 else -np.inf
+    hi = sample[hi_r - 1] if hi_r <= s else np.inf
+    n_below = int(np.count_nonzero(a < lo))
+    cand = a[(a >= lo) & (a <= hi)]  # NaN is in neither: it ranks above hi
+    rr = r - n_below
+    if 1 <= rr <= cand.size:
+        return np.partition(cand, rr - 1)[rr - 1]
+    return np.partition(a, r - 1)[r - 1]
 
 
 def magnitude_keep_indices(x: torch.Tensor, density: float) -> torch.Tensor:

@@ -37,11 +37,9 @@ from merger.methods.taskvec import (
     MajoritySign,
     Semantics,
     SparseModelParams,
-    apply,
     densities_of,
     require_base,
-    sparsified_deltas,
-    ties_combine,
+    ties_merge,
     weights_of,
 )
 
@@ -81,24 +79,25 @@ def ties_like(
     strategy: Literal["random", "magnitude"],
     method: str,
 ) -> torch.Tensor:
-    """Sparsify every delta with ``strategy``, then elect and combine as TIES does."""
+    """Sparsify every delta with ``strategy``, then elect and combine as TIES does.
+
+    Runs in cache-sized blocks (:func:`merger.methods.taskvec.ties_merge`), with
+    the same results as sparsifying whole deltas and combining them.
+    """
     base = require_base(inputs, method, ctx)
-    deltas = sparsified_deltas(
+    return ties_merge(
         inputs,
         base,
+        weights_of(model_params),
         densities_of(model_params),
         strategy=strategy,
         rescale=params.rescale,
-        ctx=ctx,
-    )
-    merged = ties_combine(
-        deltas,
-        weights_of(model_params),
         majority_sign=params.majority_sign,
         semantics=params.semantics,
         normalize=params.normalize,
+        lam=params.lambda_,
+        ctx=ctx,
     )
-    return apply(base, merged, params.lambda_)
 
 
 def ties(
