@@ -11,7 +11,7 @@ them to the subcommand, and torch is loaded only when the merge runs on torch:
 see merger/lazy.py). RESULT gets the import time, the call time (argument
 parsing, planning, the merge, writing the output folder; lazy imports inside the
 call, torch's included, count for the tool that makes them), whether torch was
-loaded, torch's default thread count where it was, and the process's peak RSS
+loaded, torch's thread count after the call where it was, and the process's peak RSS
 (VmHWM, see rss.py). The parent measures the wall time.
 """
 
@@ -49,12 +49,12 @@ def main() -> int:
 
     else:
         raise SystemExit(f"unknown tool {tool!r}; use mergekit or cocktail")
-    # torch's default thread count, where the tool has imported torch (cocktail's NumPy
-    # merges never do; merger.lazy registers it without loading it)
-    threads = sys.modules["torch"].get_num_threads() if torch_loaded() else None
     t_imported = time.perf_counter()
     call()
     t_done = time.perf_counter()
+    # torch's thread count where the tool loaded torch (cocktail's NumPy merges never
+    # do; merger.lazy registers it without loading it)
+    threads = sys.modules["torch"].get_num_threads() if torch_loaded() else None
     from rss import peak_rss_mib  # loadtests/rss.py, next to this script
 
     with open(result_file, "w") as f:
