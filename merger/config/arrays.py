@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from merger.config.execute import buffers_differ
 from merger.config.plan import Job, TensorRef
 from merger.config.sources import Models
-from merger.errors import ConfigError, IncompatibleError
+from merger.errors import ConfigError
 from merger.io import Checkpoint, dtypes
 from merger.methods.base import MergeInputs, MergeMethod
 
@@ -109,8 +110,5 @@ class ArrayJobs:
         first = arrays[0]
         for r, a in zip(job.inputs[1:], arrays[1:], strict=True):
             if a.dtype != first.dtype or not np.array_equal(a, first):
-                raise IncompatibleError(
-                    f"non-floating tensor {job.spec.name!r} differs between inputs "
-                    f"({job.inputs[0].name} and {r.name}); integer buffers cannot be averaged"
-                )
+                raise buffers_differ(job, r)
         return first

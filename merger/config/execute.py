@@ -60,16 +60,21 @@ def _stats_for(
     return out
 
 
+def buffers_differ(job: Job, other: TensorRef) -> IncompatibleError:
+    """The error for a non-floating tensor whose inputs disagree (either backend)."""
+    return IncompatibleError(
+        f"non-floating tensor {job.spec.name!r} differs between inputs "
+        f"({job.inputs[0].name} and {other.name}); integer buffers cannot be averaged"
+    )
+
+
 def copy_buffer(job: Job, read: _Reader) -> torch.Tensor:
     """A non-floating tensor: all inputs must hold the same values."""
     tensors = [read(r, floating=False) for r in job.inputs]
     first = tensors[0]
     for r, t in zip(job.inputs[1:], tensors[1:]):
         if t.dtype != first.dtype or not torch.equal(t, first):
-            raise IncompatibleError(
-                f"non-floating tensor {job.spec.name!r} differs between inputs "
-                f"({job.inputs[0].name} and {r.name}); integer buffers cannot be averaged"
-            )
+            raise buffers_differ(job, r)
     return first
 
 

@@ -8,6 +8,7 @@ Both give the same model to float rounding.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -171,3 +172,30 @@ def test_unknown_backend_is_refused(
     cfg = write(tmp_path, "lin", element_wise(tiny_llama, tiny_variants)["linear"])
     with pytest.raises(ConfigError, match="backend must be one of auto, torch, numpy"):
         run_merge(cfg, tmp_path / "out", progress=False, backend="jax")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_integer_buffers_are_copied_or_refused_on_both_backends(
+    tmp_path: Path, tiny_llama: Path, tiny_variants: list[Path], backend: str
+) -> None:
+    from safetensors.numpy import save_file
+
+    from merger.errors import IncompatibleError
+
+    folders = []
+    for i, src in enumerate((tiny_llama, tiny_variants[0])):
+        dst = tmp_path / f"m{i}"
+        shutil.copytree(src, dst)
+        save_file({"model.step": np.array([7, 8], dtype=np.int64)}, str(dst / "extra.safetensors"))
+        folders.append(dst)
+    models = [{"model": str(f), "parameters": {"weight": 0.5}} for f in folders]
+    cfg = write(tmp_path, "lin", {"merge_method": "linear", "models": models})
+    out = run_merge(cfg, tmp_path / "out", progress=False, backend=backend)
+    with Checkpoint(out) as ck:
+        assert ck.info("model.step").code == "I64"
+        np.testing.assert_array_equal(ck.get("model.step").numpy(), [7, 8])
+    save_file(
+        {"model.step": np.array([7, 9], dtype=np.int64)}, str(folders[1] / "extra.safetensors")
+    )
+    with pytest.raises(IncompatibleError, match=r"'model\.step' differs between inputs"):
+        run_merge(cfg, tmp_path / "out2", progress=False, backend=backend)
