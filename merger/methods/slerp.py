@@ -78,25 +78,35 @@ def _gram64(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
     return xx, yy, xy
 
 
+def _check_shapes(a_shape: Sequence[int], b_shape: Sequence[int]) -> None:
+    if tuple(a_shape) != tuple(b_shape):
+        raise ConfigError(
+            f"slerp needs tensors of one shape; got {list(a_shape)} and {list(b_shape)}"
+        )
+
+
+def _gram_coefficients(
+    t: float, gram: tuple[float, float, float], dot_threshold: float
+) -> tuple[float, float]:
+    """(c_a, c_b) from (⟨a, a⟩, ⟨b, b⟩, ⟨a, b⟩); a norm ≤ 1e-8 counts as 1 (see above)."""
+    xx, yy, xy = gram
+    na, nb = math.sqrt(xx), math.sqrt(yy)
+    na = na if na > _EPS else 1.0
+    nb = nb if nb > _EPS else 1.0
+    return slerp_coefficients(t, xy / (na * nb), dot_threshold)
+
+
 def slerp_tensors(
     t: float, a: torch.Tensor, b: torch.Tensor, dot_threshold: float = 0.9995
 ) -> torch.Tensor:
     """Interpolate tensor ``a`` (t = 0) towards ``b`` (t = 1); returns ``a``'s dtype."""
-    if a.shape != b.shape:
-        raise ConfigError(
-            f"slerp needs tensors of one shape; got {list(a.shape)} and {list(b.shape)}"
-        )
+    _check_shapes(a.shape, b.shape)
     dtype = work_dtype(a)
     x = a.reshape(-1).to(dtype)
     y = b.reshape(-1).to(dtype)
     if x.numel() == 0:
         return a.clone()
-    xx, yy, xy = _gram64(x, y)
-    na, nb = math.sqrt(xx), math.sqrt(yy)
-    na = na if na > _EPS else 1.0
-    nb = nb if nb > _EPS else 1.0
-    cos_omega = xy / (na * nb)
-    ca, cb = slerp_coefficients(t, cos_omega, dot_threshold)
+    ca, cb = _gram_coefficients(t, _gram64(x, y), dot_threshold)
     out = torch.mul(x, ca).add_(y, alpha=cb)
     return out.view(a.shape).to(a.dtype)
 
@@ -117,18 +127,11 @@ def slerp_arrays(
     t: float, a: np.ndarray, b: np.ndarray, dot_threshold: float = 0.9995
 ) -> np.ndarray:
     """:func:`slerp_tensors` on NumPy arrays (same angle, same coefficients)."""
-    if a.shape != b.shape:
-        raise ConfigError(
-            f"slerp needs tensors of one shape; got {list(a.shape)} and {list(b.shape)}"
-        )
+    _check_shapes(a.shape, b.shape)
     if a.size == 0:
         return a.copy()
     x, y = a.reshape(-1), b.reshape(-1)
-    xx, yy, xy = _gram64_array(x, y)
-    na, nb = math.sqrt(xx), math.sqrt(yy)
-    na = na if na > _EPS else 1.0
-    nb = nb if nb > _EPS else 1.0
-    ca, cb = slerp_coefficients(t, xy / (na * nb), dot_threshold)
+    ca, cb = _gram_coefficients(t, _gram64_array(x, y), dot_threshold)
     work = arraymath.work_dtype(a)
     out = np.empty(x.size, dtype=work)
     scratch = np.empty(min(BLOCK, x.size), dtype=work)

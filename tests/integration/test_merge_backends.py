@@ -83,6 +83,14 @@ def tensors(folder: Path) -> dict[str, np.ndarray]:
         return {n: ck.get(n).float().numpy() for n in ck.names()}
 
 
+def same_tensors(a: Path, b: Path) -> None:
+    """The two folders hold the same tensor names, equal to float rounding."""
+    got, want = tensors(a), tensors(b)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "slerp"])
 def test_auto_runs_on_numpy_without_torch_and_matches_torch(
     tmp_path: Path, tiny_llama: Path, tiny_variants: list[Path], method: str
@@ -94,10 +102,7 @@ def test_auto_runs_on_numpy_without_torch_and_matches_torch(
     assert "torch loaded: False" in done.stdout, done.stdout + done.stderr
     assert "(on numpy)" in done.stderr
     run_merge(cfg, on_torch, progress=False, backend="torch")
-    got, want = tensors(on_numpy), tensors(on_torch)
-    assert got.keys() == want.keys()
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    same_tensors(on_numpy, on_torch)
     # the same files otherwise: config, tokenizer, model card
     for f in ("config.json", "tokenizer_config.json", "README.md", "mergekit_config.yml"):
         assert (on_numpy / f).read_bytes() == (on_torch / f).read_bytes()
@@ -159,11 +164,9 @@ def test_numpy_backend_converts_dtypes_as_torch_does(
     )
     run_merge(cfg, tmp_path / "numpy", progress=False, backend="numpy", dtype="float32")
     run_merge(cfg, tmp_path / "torch", progress=False, backend="torch", dtype="float32")
-    got, want = tensors(tmp_path / "numpy"), tensors(tmp_path / "torch")
     with Checkpoint(tmp_path / "numpy") as ck:
         assert {ck.info(n).code for n in ck.names()} == {"F32"}
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    same_tensors(tmp_path / "numpy", tmp_path / "torch")
 
 
 def test_unknown_backend_is_refused(
