@@ -11,6 +11,12 @@ the first time one of its attributes is read — by these modules or by any
 later ``import torch`` anywhere in the process (an ``import`` statement reads
 the module's ``__spec__``, which loads it). Code that uses torch sees the same
 module object either way; only the moment the import cost is paid moves.
+
+Python 3.11's lazy modules are not safe against two threads making the first
+attribute access at once. The processes that use the merge core from several
+threads load torch before they start them: the gateway when it creates its
+engine, ``cocktail merge`` in its main thread before the writer thread sees a
+tensor.
 """
 
 from __future__ import annotations
