@@ -2,7 +2,7 @@
 
 ``import torch`` costs 0.6-0.8 s on a CPU machine — more than an element-wise
 merge of a 1.6 GB family takes. Merges that run on NumPy (linear, task
-arithmetic and SLERP on float16/32/64 checkpoints; see
+arithmetic, SLERP and passthrough on float16/32/64 checkpoints; see
 :mod:`merger.config.arrays`) never need it. The modules an offline merge
 imports therefore write ``from merger.lazy import torch`` instead of ``import
 torch``: the name is bound to a module registered through the standard

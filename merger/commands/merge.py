@@ -44,9 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--backend",
         choices=("auto", "torch", "numpy"),
         default="auto",
-        help="array library for the maths: auto (default) runs linear, task_arithmetic and "
-        "slerp on NumPy when every tensor is float16/32/64 on the CPU, which skips loading "
-        "torch; everything else runs on torch",
+        help="array library for the maths: auto (default) runs linear, task_arithmetic, "
+        "slerp and passthrough on NumPy when every tensor is float16/32/64 on the CPU, which "
+        "skips loading torch; everything else runs on torch",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     # Safe to skip interpreter teardown (server.cli.finish): every output file is closed

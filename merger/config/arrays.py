@@ -1,6 +1,7 @@
 """Offline merges on NumPy: the element-wise methods without loading torch.
 
-Linear, task arithmetic and SLERP are a few multiply-adds per element. On a CPU
+Linear, task arithmetic and SLERP are a few multiply-adds per element, and
+passthrough (frankenmerges) copies or scales one input. On a CPU
 the merge of a whole family is then bound by memory bandwidth, and ``import
 torch`` (0.6-0.8 s) can cost more than the merge itself: 0.3 s for four 414 MB
 models. Such merges run here on NumPy, whose import costs ~0.05 s, reading the

@@ -1,6 +1,6 @@
 """NumPy helpers for the methods' ``array_fn`` (merges that run without torch).
 
-The element-wise methods (linear, task arithmetic, SLERP) declare their maths
+The element-wise methods (linear, task arithmetic, SLERP, passthrough) declare their maths
 twice only in the sense of two array libraries: the parameters, coefficients
 and operation order are shared with the torch function next to each, and
 ``tests/unit/test_array_methods.py`` holds the two to float rounding of each

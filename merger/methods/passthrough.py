@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from pydantic import Field
 
 from merger.errors import ConfigError
 from merger.lazy import torch
+from merger.methods import arraymath
 from merger.methods.base import (
     BasePolicy,
     MergeInputs,
@@ -34,24 +36,50 @@ class PassthroughModelParams(Params):
     scale: float | None = Field(default=None, allow_inf_nan=False)
 
 
+def _single(
+    inputs: MergeInputs, model_params: Sequence[PassthroughModelParams], ctx: TensorContext
+) -> float | None:
+    """The scale to apply to the one input (None: copy it as it is)."""
+    if len(inputs.tensors) != 1:
+        raise ConfigError(
+            f"passthrough copies one model per tensor; {ctx.name!r} got {len(inputs.tensors)}. "
+            "Give each slice a single source"
+        )
+    scale = model_params[0].scale if model_params else None
+    return None if scale is None or scale == 1.0 else scale
+
+
 def passthrough(
     inputs: MergeInputs,
     params: Params,
     model_params: Sequence[PassthroughModelParams],
     ctx: TensorContext,
 ) -> torch.Tensor:
-    if len(inputs.tensors) != 1:
-        raise ConfigError(
-            f"passthrough copies one model per tensor; {ctx.name!r} got {len(inputs.tensors)}. "
-            "Give each slice a single source"
-        )
+    scale = _single(inputs, model_params, ctx)
     tensor = inputs.tensors[0]
-    scale = model_params[0].scale if model_params else None
-    if scale is None or scale == 1.0:
+    if scale is None:
         return tensor
     if not tensor.is_floating_point():
         raise ConfigError(f"passthrough: cannot scale {ctx.name!r}, a {tensor.dtype} tensor")
     return tensor.to(work_dtype(tensor)).mul(scale).to(tensor.dtype)
+
+
+def passthrough_array(
+    inputs: MergeInputs,
+    params: Params,
+    model_params: Sequence[PassthroughModelParams],
+    ctx: TensorContext,
+) -> np.ndarray:
+    """:func:`passthrough` on NumPy arrays."""
+    scale = _single(inputs, model_params, ctx)
+    array = inputs.tensors[0]
+    if scale is None:
+        return array
+    if array.dtype.kind != "f":
+        raise ConfigError(f"passthrough: cannot scale {ctx.name!r}, a {array.dtype} tensor")
+    out = array.astype(arraymath.work_dtype(array))
+    out *= scale
+    return arraymath.finish(out, array)
 
 
 PASSTHROUGH = register(
@@ -62,6 +90,7 @@ PASSTHROUGH = register(
         params=NoParams,
         model_params=PassthroughModelParams,
         fn=passthrough,  # type: ignore[arg-type]
+        array_fn=passthrough_array,  # type: ignore[arg-type]
         base=BasePolicy.NONE,
         min_models=1,
         max_models=1,

@@ -1,6 +1,6 @@
 """`cocktail merge --backend`: element-wise merges on NumPy without loading torch.
 
-``auto`` (the default) runs linear, task arithmetic and SLERP on NumPy when
+``auto`` (the default) runs linear, task arithmetic, SLERP and passthrough on NumPy when
 every tensor is float16/32/64 on the CPU; the process then never imports torch,
 which is most of a small merge's wall time. Everything else runs on torch.
 Both give the same model to float rounding.
@@ -58,6 +58,21 @@ def element_wise(base: Path, v: list[Path]) -> dict[str, dict[str, Any]]:
             "models": [{"model": a0}],
             "parameters": {"t": [{"filter": "self_attn", "value": [0.1, 0.9]}, {"value": 0.4}]},
         },
+        "passthrough": {  # a frankenmerge, the duplicated layer's o_proj scaled down
+            "merge_method": "passthrough",
+            "slices": [
+                {"sources": [{"model": b, "layer_range": [0, 2]}]},
+                {
+                    "sources": [
+                        {
+                            "model": a0,
+                            "layer_range": [1, 2],
+                            "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}]},
+                        }
+                    ]
+                },
+            ],
+        },
     }
 
 
@@ -91,7 +106,7 @@ def same_tensors(a: Path, b: Path) -> None:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "slerp"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "slerp", "passthrough"])
 def test_auto_runs_on_numpy_without_torch_and_matches_torch(
     tmp_path: Path, tiny_llama: Path, tiny_variants: list[Path], method: str
 ) -> None:

@@ -1,4 +1,4 @@
-"""The NumPy ``array_fn`` of linear, task arithmetic and SLERP against their torch ``fn``.
+"""The NumPy ``array_fn`` of linear, task arithmetic, SLERP and passthrough vs their torch ``fn``.
 
 Offline merges of these methods run on NumPy (merger/config/arrays.py) so that
 they never load torch; the gateway and every other method run on torch. The
@@ -136,6 +136,27 @@ def test_slerp_array_edge_cases() -> None:
     assert got.shape == want.shape == (0, 4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("scale", [None, 1.0, 0.5, 0.0, -2.0])
+def test_passthrough_array_equals_torch(dtype: Any, scale: float | None) -> None:
+    (a,) = models(1, dtype, seed=5)
+    got, want = both(get_method("passthrough"), [a], None, {}, [{"scale": scale}])
+    close(got, want)
+    if scale in (None, 1.0):
+        assert got is a  # copied through, not computed
+
+
+def test_passthrough_array_refuses_what_passthrough_refuses() -> None:
+    method = get_method("passthrough")
+    a = models(1, np.float32)[0]
+    mp = [method.make_model_params({"scale": 0.5}, "m")]
+    with pytest.raises(ConfigError, match="one model per tensor"):
+        method.array_fn(MergeInputs(tensors=[a, a]), method.make_params({}), mp * 2, CTX)  # type: ignore[misc]
+    ints = MergeInputs(tensors=[np.arange(4, dtype=np.int32)])
+    with pytest.raises(ConfigError, match="cannot scale"):
+        method.array_fn(ints, method.make_params({}), mp, CTX)  # type: ignore[misc]
+
+
 def test_array_fns_refuse_what_the_torch_fns_refuse() -> None:
     ints = [np.arange(6, dtype=np.int64).reshape(2, 3)] * 2
     for name, base in (("linear", None), ("task_arithmetic", ints[0]), ("slerp", ints[0])):
@@ -168,4 +189,4 @@ def test_only_the_element_wise_methods_have_an_array_fn() -> None:
     from merger.methods.registry import METHODS
 
     with_arrays = {m.name for m in METHODS.values() if m.array_fn is not None}
-    assert with_arrays == {"linear", "task_arithmetic", "slerp"}
+    assert with_arrays == {"linear", "task_arithmetic", "slerp", "passthrough"}
