@@ -31,6 +31,20 @@ Strategy = Literal["random", "magnitude"]
 Rescale = bool | Literal["l1"]
 
 
+def check_rescale(rescale: object) -> None:
+    """Raise unless ``rescale`` is one of the three modes: True (1/d), False, "l1"."""
+    if rescale not in (True, False, "l1"):
+        raise ConfigError(f"rescale must be true, false or 'l1'; got {rescale!r}")
+
+
+def check_strategy(strategy: object) -> None:
+    """Raise unless ``strategy`` is a sparsifier this module implements."""
+    if strategy not in ("random", "magnitude"):
+        raise ConfigError(
+            f"unknown sparsification strategy {strategy!r}; use 'random' or 'magnitude'"
+        )
+
+
 def check_density(density: float, what: str = "density") -> float:
     """Return ``density`` as a float in (0, 1] or raise an error that says why."""
     d = float(density)
@@ -160,15 +174,12 @@ def sparsify(
     Values keep ``delta``'s dtype; the rescale is computed in fp32.
     """
     d = check_density(density)
+    check_strategy(strategy)
     flat = delta.reshape(-1)
     if strategy == "random":
         idx = random_keep_indices(seed, name, flat.numel(), d, device=delta.device)
-    elif strategy == "magnitude":
-        idx = magnitude_keep_indices(flat, d)
     else:
-        raise ConfigError(
-            f"unknown sparsification strategy {strategy!r}; use 'random' or 'magnitude'"
-        )
+        idx = magnitude_keep_indices(flat, d)
     kept = flat[idx.long()].float()
     values = _rescaled(kept, flat.float(), d, rescale) if d < 1.0 else kept
     return SparseTensor(shape=tuple(delta.shape), indices=idx, values=values.to(delta.dtype))
@@ -180,8 +191,7 @@ def _dare_(flat: torch.Tensor, d: float, rescale: Rescale, seed: int, name: str)
     Same numbers as masking the whole tensor and then rescaling (``δ·m / d``,
     or the L1 factor), without a full-size mask or temporaries.
     """
-    if rescale not in (True, False, "l1"):
-        raise ConfigError(f"rescale must be true, false or 'l1'; got {rescale!r}")
+    check_rescale(rescale)
     before = flat.abs().sum() if rescale == "l1" else None
     for start, mask in keep_mask_chunks(seed, name, flat.numel(), d, flat.device):
         seg = flat[start : start + mask.numel()]

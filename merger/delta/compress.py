@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from merger.dare import density_from_drop_rate
+from merger.dare import check_rescale, density_from_drop_rate
 from merger.delta.encode import (
     VALUE_DTYPES,
     encode_dense,
@@ -90,8 +90,7 @@ class CompressOptions:
             )
         if self.strategy == "lowrank":
             self._check_lowrank("strategy 'lowrank'")
-        if self.rescale not in (True, False, "l1"):
-            raise ConfigError(f"rescale must be true, false or 'l1'; got {self.rescale!r}")
+        check_rescale(self.rescale)
         if self.apply_to not in ("delta", "finetuned"):
             raise ConfigError(f"apply_to must be 'delta' or 'finetuned'; got {self.apply_to!r}")
         if self.seed is not None and not 0 <= self.seed < 2**64:

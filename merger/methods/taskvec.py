@@ -49,7 +49,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from merger.dare import Rescale, kth_largest, magnitude_keep_count, sparsify_dense
+from merger.dare import (
+    Rescale,
+    check_rescale,
+    check_strategy,
+    kth_largest,
+    magnitude_keep_count,
+    sparsify_dense,
+)
 from merger.errors import ConfigError
 from merger.hashmask import keep_mask_chunks
 from merger.lazy import torch
@@ -110,11 +117,6 @@ def weight_divisor(weights: Sequence[float], normalize: bool, method: str) -> fl
     return total
 
 
-def _check_rescale(rescale: Rescale) -> None:
-    if rescale not in (True, False, "l1"):
-        raise ConfigError(f"rescale must be true, false or 'l1'; got {rescale!r}")
-
-
 def _trim_threshold(mag: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     """TIES' trim of the magnitudes ``mag`` (1-D, k < n): the threshold t and the tie cutoff c.
 
@@ -165,7 +167,7 @@ def magnitude_trim(delta: torch.Tensor, density: float, rescale: Rescale) -> tor
     the result is deterministic. ``rescale``: ``True`` multiplies kept entries by
     1/d, ``"l1"`` restores the L1 norm, ``False`` leaves them.
     """
-    _check_rescale(rescale)
+    check_rescale(rescale)
     flat = delta.view(-1)
     n = flat.numel()
     k = magnitude_keep_count(n, density)
@@ -253,11 +255,8 @@ class Sparsifier:
         name: str,
         dtype: torch.dtype,
     ) -> None:
-        _check_rescale(rescale)
-        if strategy not in ("random", "magnitude"):
-            raise ConfigError(
-                f"unknown sparsification strategy {strategy!r}; use 'random' or 'magnitude'"
-            )
+        check_rescale(rescale)
+        check_strategy(strategy)
         self.theta = theta.reshape(-1)
         self.strategy: Literal["dense", "random", "magnitude"] = "dense"
         self.divisor: float | None = None  # ÷ d after the mask (rescale: true)
