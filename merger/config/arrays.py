@@ -19,7 +19,6 @@ same formula and operation order; ``tests/unit/test_array_methods.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -51,8 +50,7 @@ def unsupported(plan: MergePlan, device: str = "cpu") -> str | None:
     codes = {plan.options.load_dtype} - {None}
     for job in plan.jobs:
         codes.add(job.spec.dtype)
-        refs: Sequence[TensorRef] = (*job.inputs, *([job.base] if job.base else []))
-        codes.update(plan.models[r.model].ckpt.info(r.name).code for r in refs)
+        codes.update(plan.models[r.model].ckpt.info(r.name).code for r in job.reads)
     lacking = sorted(c for c in codes if c is not None and dtypes.to_numpy(c) is None)
     if lacking:
         names = ", ".join(dtypes.info(c).name for c in lacking)
@@ -97,7 +95,7 @@ class ArrayJobs:
             out = self._copy(job)
         else:
             # a tensor shared by two roles (the base among the models) is read once
-            arrays = {r: self.read(r) for r in (*job.inputs, *([job.base] if job.base else []))}
+            arrays = {r: self.read(r) for r in job.reads}
             inputs = MergeInputs(
                 tensors=[arrays[r] for r in job.inputs],
                 base=arrays[job.base] if job.base is not None else None,

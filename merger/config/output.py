@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from merger.config.layers import config_num_layers
+from merger.io import dtypes
 from merger.methods.base import MergeMethod
 
 TOKENIZER_FILES = (
@@ -33,8 +34,6 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
-
-DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
 
 def output_config(
@@ -54,10 +53,10 @@ def output_config(
         node[found[0][-1]] = num_layers
         if layer_types is not None and isinstance(node.get("layer_types"), list):
             node["layer_types"] = layer_types
-    if dtype is not None and dtype in DTYPE_NAMES:
-        out["dtype"] = DTYPE_NAMES[dtype]
+    if dtype is not None and dtypes.is_floating(dtype):
+        out["dtype"] = dtypes.info(dtype).name
         if "torch_dtype" in out:
-            out["torch_dtype"] = DTYPE_NAMES[dtype]
+            out["torch_dtype"] = out["dtype"]
     return out
 
 

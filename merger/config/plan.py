@@ -52,6 +52,11 @@ class Job:
     ctx: TensorContext
     copy: bool = False
 
+    @property
+    def reads(self) -> tuple[TensorRef, ...]:
+        """Every tensor the job reads: its inputs, then the base (when it has one)."""
+        return self.inputs if self.base is None else (*self.inputs, self.base)
+
 
 @dataclass(frozen=True)
 class PlanOptions:

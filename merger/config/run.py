@@ -69,16 +69,12 @@ def run_merge(
         raise ConfigError(f"threads must be at least 1; got {threads}")
     plan = plan_merge(config, seed=seed, dtype=dtype, allow_crimes=allow_crimes)
     out = Path(out_dir)
+    previous_threads = None
     try:
         engine = choose_backend(plan, device, backend)
-    except BaseException:
-        plan.close()
-        raise
-    previous_threads = None
-    if engine == "torch" and threads is not None:
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-    try:
+        if engine == "torch" and threads is not None:
+            previous_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
         _check_out_dir(out, plan.models)
         with tempfile.TemporaryDirectory(prefix="cocktail-stats-") as tmp:
             stats = None

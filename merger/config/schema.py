@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from merger.errors import ConfigError, NotFoundError
+from merger.io import dtypes
 from merger.io.checkpoint import resolve_model_dir
 
 Scalar = bool | int | float | str
@@ -38,15 +39,10 @@ class Conditional:
 # A setting as written: scalar, gradient (tuple of scalars) or conditions (tuple of Conditional).
 Setting = Scalar | tuple[Scalar, ...] | tuple[Conditional, ...]
 
-# The dtypes a config may name, as safetensors codes (see merger.io.dtypes).
+# The dtypes a config may name, with their safetensors codes (merger.io.dtypes).
 DTYPES: dict[str, str] = {
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "float64": "F64",
-    "fp32": "F32",
-    "fp16": "F16",
-    "bf16": "BF16",
+    name: dtypes.code_of(name)
+    for name in ("float32", "float16", "bfloat16", "float64", "fp32", "fp16", "bf16")
 }
 
 UNSUPPORTED_KEYS = {

@@ -182,10 +182,9 @@ class ShardedWriter:
         shard, offset = self._where[name]
         fd = self._fd(shard)
         buf = memoryview(_raw_bytes(tensor))
-        if buf.nbytes:
-            while buf:
-                n = os.pwrite(fd, buf, offset)
-                buf, offset = buf[n:], offset + n
+        while buf:
+            n = os.pwrite(fd, buf, offset)
+            buf, offset = buf[n:], offset + n
         self._written.add(name)
 
     def close(self) -> list[Path]:
