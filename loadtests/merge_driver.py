@@ -23,6 +23,7 @@ import time
 
 
 def torch_loaded() -> bool:
+    """merger.lazy.loaded, restated: the mergekit side runs without Cocktail on its path."""
     module = sys.modules.get("torch")
     return module is not None and type(module).__name__ != "_LazyModule"
 
